@@ -1,0 +1,335 @@
+"""The scheduled event, its statuses and their allowed transitions. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+DEFAULT_MAX_DELAY_SECONDS = 86400
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+RESERVED_HEADERS = (
+    "x-schedule-id",
+    "x-correlation-id",
+    "x-entity-type",
+    "x-action",
+    "x-scheduled-at",
+)
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+class InvalidEventError(ValueError):
+    """The event cannot be scheduled; the message says which field and why."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+class EventStatus(StrEnum):
+    """Where an event is in its life. The terminal ones never change again."""
+
+    PENDING = "pending"  # accepted, waiting in a tier
+    QUEUED = "queued"  # moved from ClickHouse into Redis by the sync
+    PROCESSING = "processing"  # claimed by a dispatcher under a lease
+    COMPLETED = "completed"  # published; the broker acknowledged it
+    FAILED = "failed"  # publishing failed past the retry limit, or permanently
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # could first fire later than its max_delay_seconds
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for statuses an event never leaves."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {EventStatus.COMPLETED, EventStatus.FAILED, EventStatus.CANCELLED, EventStatus.SKIPPED}
+)
+
+ALLOWED_TRANSITIONS: Mapping[EventStatus, frozenset[EventStatus]] = {
+    EventStatus.PENDING: frozenset(
+        {EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.CANCELLED, EventStatus.SKIPPED}
+    ),
+    EventStatus.QUEUED: frozenset(
+        {EventStatus.PROCESSING, EventStatus.CANCELLED, EventStatus.SKIPPED, EventStatus.PENDING}
+    ),
+    EventStatus.PROCESSING: frozenset(
+        {
+            EventStatus.COMPLETED,
+            EventStatus.FAILED,
+            EventStatus.SKIPPED,
+            EventStatus.CANCELLED,
+            EventStatus.PENDING,  # retry later, or a lease expired
+            EventStatus.QUEUED,
+        }
+    ),
+    EventStatus.COMPLETED: frozenset(),
+    EventStatus.FAILED: frozenset(),
+    EventStatus.CANCELLED: frozenset(),
+    EventStatus.SKIPPED: frozenset(),
+}
+
+
+def can_transition(current: EventStatus, new: EventStatus) -> bool:
+    """Whether an event in ``current`` may move to ``new``."""
+    return new in ALLOWED_TRANSITIONS[current]
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one (``datetime.utcnow()``) is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def to_epoch_us(value: datetime) -> int:
+    """Microseconds since the epoch, exact (no float rounding)."""
+    delta = as_utc(value) - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_us(value: int) -> datetime:
+    """The aware UTC datetime of ``value`` microseconds since the epoch."""
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def new_schedule_id() -> str:
+    """A fresh, unique schedule id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledEvent:
+    """One event to publish to ``topic`` at ``scheduled_at`` (the spec's ``event_schedules`` row).
+
+    Build it with :func:`new_event`, which validates every field.
+    """
+
+    schedule_id: str
+    topic: str
+    entity_type: str
+    action: str
+    body: str
+    correlation_id: str
+    headers: Mapping[str, str]
+    scheduled_at: datetime
+    max_delay_seconds: int = DEFAULT_MAX_DELAY_SECONDS
+    priority: int = 0
+    status: EventStatus = EventStatus.PENDING
+    created_at: datetime = field(default_factory=utc_now)
+    updated_at: datetime = field(default_factory=utc_now)
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def due_us(self) -> int:
+        """Due time in epoch microseconds."""
+        return to_epoch_us(self.scheduled_at)
+
+    @property
+    def message_key(self) -> str:
+        """The Kafka key of the fired message: the correlation id, else the schedule id."""
+        return self.correlation_id or self.schedule_id
+
+    def with_status(
+        self, status: EventStatus, *, at: datetime, error: str | None = None
+    ) -> ScheduledEvent:
+        """A copy in ``status``; raises ``ValueError`` for a transition that is not allowed."""
+        if status != self.status and not can_transition(self.status, status):
+            raise ValueError(f"cannot move event from {self.status} to {status}")
+        return replace(self, status=status, updated_at=at, last_error=error or self.last_error)
+
+    def outgoing_headers(self) -> list[tuple[str, bytes]]:
+        """The headers of the fired message: the event's own plus the ``x-…`` ones."""
+        out = [(k, v.encode()) for k, v in self.headers.items()]
+        out += [
+            ("x-schedule-id", self.schedule_id.encode()),
+            ("x-correlation-id", self.correlation_id.encode()),
+            ("x-entity-type", self.entity_type.encode()),
+            ("x-action", self.action.encode()),
+            ("x-scheduled-at", self.scheduled_at.isoformat().encode()),
+        ]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (for the HTTP API and the CLI)."""
+        return {
+            "schedule_id": self.schedule_id,
+            "topic": self.topic,
+            "entity_type": self.entity_type,
+            "action": self.action,
+            "body": self.body,
+            "correlation_id": self.correlation_id,
+            "headers": dict(self.headers),
+            "scheduled_at": self.scheduled_at.isoformat(),
+            "max_delay_seconds": self.max_delay_seconds,
+            "priority": self.priority,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+
+def _check_text(name: str, value: object, *, allow_empty: bool = True, limit: int = 1024) -> str:
+    if not isinstance(value, str):
+        raise InvalidEventError(name, f"must be a string, not {type(value).__name__}")
+    if not allow_empty and not value:
+        raise InvalidEventError(name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidEventError(name, f"is longer than {limit} characters")
+    return value
+
+
+def validate_topic(topic: object, field_name: str = "topic") -> str:
+    """Apply Kafka's topic-name rules: 1–249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``."""
+    if not isinstance(topic, str):
+        raise InvalidEventError(field_name, f"must be a string, not {type(topic).__name__}")
+    if topic in {".", ".."} or not _TOPIC_RE.fullmatch(topic):
+        raise InvalidEventError(
+            field_name,
+            f"{topic[:60]!r} is not a valid Kafka topic name "
+            "(1-249 characters of letters, digits, '.', '_' and '-'; not '.' or '..')",
+        )
+    return topic
+
+
+def encode_body(body: object, max_bytes: int) -> str:
+    """The body as text: a ``str`` as is, UTF-8 ``bytes`` decoded, a dict or list as JSON."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEventError("body", f"is not valid UTF-8 ({exc.reason})") from None
+    elif isinstance(body, str):
+        text = body
+    elif isinstance(body, dict | list):
+        try:
+            text = orjson.dumps(body).decode()
+        except TypeError as exc:
+            raise InvalidEventError("body", f"cannot be encoded as JSON: {exc}") from None
+    else:
+        raise InvalidEventError(
+            "body", f"must be str, bytes, dict or list, not {type(body).__name__}"
+        )
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidEventError("body", f"is {size} bytes; the limit is {max_bytes}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEventError("body", "contains characters that are not valid UTF-8") from None
+    return text
+
+
+def validate_headers(headers: object) -> dict[str, str]:
+    """String keys and values, none reserved, at most 64 KiB in all."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidEventError("headers", f"must be a mapping, not {type(headers).__name__}")
+    out: dict[str, str] = {}
+    total = 0
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidEventError("headers", f"key {key!r} must be a non-empty string")
+        if not isinstance(value, str):
+            raise InvalidEventError(
+                "headers", f"value of {key!r} must be a string, not {type(value).__name__}"
+            )
+        if key.lower() in RESERVED_HEADERS:
+            raise InvalidEventError(
+                "headers", f"{key!r} is reserved; it is set when the event fires"
+            )
+        total += len(key) + len(value)
+        out[key] = value
+    if total > MAX_HEADER_BYTES:
+        raise InvalidEventError("headers", f"are {total} bytes; the limit is {MAX_HEADER_BYTES}")
+    return out
+
+
+def validate_scheduled_at(value: object) -> datetime:
+    """An aware UTC datetime (naive values are UTC); ISO-8601 text is accepted too."""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEventError(
+                "scheduled_at", f"{text[:60]!r} is not an ISO-8601 date-time"
+            ) from None
+    if not isinstance(value, datetime):
+        raise InvalidEventError("scheduled_at", f"must be a datetime, not {type(value).__name__}")
+    value = as_utc(value)
+    if not 1970 <= value.year <= 2999:
+        raise InvalidEventError("scheduled_at", f"{value.isoformat()} is outside 1970-2999")
+    return value
+
+
+def new_event(
+    *,
+    topic: object,
+    entity_type: object = "",
+    action: object = "",
+    body: object = "",
+    scheduled_at: object,
+    correlation_id: object = None,
+    headers: object = None,
+    priority: object = 0,
+    max_delay_seconds: object = DEFAULT_MAX_DELAY_SECONDS,
+    schedule_id: object = None,
+    now: datetime | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> ScheduledEvent:
+    """Validate every field and build a pending :class:`ScheduledEvent`.
+
+    Raises :class:`InvalidEventError` naming the first field that is wrong.
+    """
+    sid = new_schedule_id() if schedule_id is None else schedule_id
+    if not isinstance(sid, str) or not _ID_RE.fullmatch(sid):
+        raise InvalidEventError(
+            "schedule_id", "must be 1-200 characters of letters, digits and ._:@/+=-"
+        )
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidEventError("priority", f"must be an integer, not {type(priority).__name__}")
+    if not _INT32[0] <= priority <= _INT32[1]:
+        raise InvalidEventError("priority", "must fit in a signed 32-bit integer")
+    if isinstance(max_delay_seconds, bool) or not isinstance(max_delay_seconds, int):
+        raise InvalidEventError("max_delay_seconds", "must be an integer")
+    if not 0 <= max_delay_seconds <= 2**32 - 1:
+        raise InvalidEventError("max_delay_seconds", "must be between 0 and 4294967295")
+    stamp = now or utc_now()
+    return ScheduledEvent(
+        schedule_id=sid,
+        topic=validate_topic(topic),
+        entity_type=_check_text("entity_type", entity_type),
+        action=_check_text("action", action),
+        body=encode_body(body, max_body_bytes),
+        correlation_id=_check_text("correlation_id", correlation_id or "", limit=1024),
+        headers=validate_headers(headers),
+        scheduled_at=validate_scheduled_at(scheduled_at),
+        max_delay_seconds=max_delay_seconds,
+        priority=priority,
+        created_at=stamp,
+        updated_at=stamp,
+    )

@@ -1,0 +1,139 @@
+"""Settings, read once from the environment (prefix ``SCHEDULES_``) by the composition root.
+
+The spec's names (``schedules_IMMEDIATE_HORIZON_SECONDS`` …) work as written: the prefix is
+matched case-insensitively.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SCHEDULES_"
+
+
+class SettingsError(ValueError):
+    """Raised when a setting is invalid; the message names each variable and what is wrong."""
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Defaults run everything embedded on loopback."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- the spec's Configuration section --------------------------------------------------
+    immediate_horizon_seconds: int = Field(86400, gt=0)
+    """Events due within this many seconds go to Redis; later ones to ClickHouse."""
+    transfer_horizon_seconds: int = Field(3600, gt=0)
+    """The sync moves ClickHouse events due within this many seconds into Redis."""
+    clickhouse_sync_interval: float = Field(300, gt=0)
+    """Seconds between two runs of the ClickHouse → Redis sync."""
+    redis_processing_interval: float = Field(5, gt=0, le=3600)
+    """The longest the dispatcher ever sleeps (it wakes earlier for due events)."""
+    execution_history_ttl_days: int = Field(90, gt=0)
+    analytics_enabled: bool = True
+    analytics_batch_size: int = Field(1000, gt=0, le=1_000_000)
+    analytics_flush_interval: float = Field(1.0, gt=0)
+
+    # --- connections ---------------------------------------------------------------------------
+    data_dir: Path = Path(".delayline")
+    """Embedded servers keep their data here (Valkey AOF, chDB folder)."""
+    redis_url: SecretStr | None = None
+    """Unset: an embedded Valkey server is started in ``data_dir``."""
+    redis_key_prefix: str = Field("delayline", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    """Every key lives under the hash tag ``{<prefix>}``: the unit of Cluster sharding."""
+    redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    """AOF fsync policy of the embedded Valkey (``always``: no acknowledged event is lost)."""
+    clickhouse_dsn: SecretStr | None = None
+    """Unset: ``chdb:///<data_dir>/clickhouse`` (the engine in-process)."""
+    kafka_bootstrap_servers: str | None = None
+    """Unset: an embedded Tansu broker is started on loopback."""
+    kafka_client_options: dict[str, str] = Field(default_factory=dict)
+    """Extra librdkafka options (JSON object), e.g. security settings."""
+    kafka_linger_ms: float = Field(1.0, ge=0, le=1000)
+    kafka_delayed_topic_name: str = "delayed_events"
+    kafka_dead_letter_topic_name: str = "delayed_events.dlq"
+    kafka_consumer_group: str = "delayline-delayed-events"
+    kafka_session_timeout_ms: int = Field(6000, ge=1000)
+
+    # --- event validation ----------------------------------------------------------------------
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+    default_max_delay_seconds: int = Field(86400, ge=0)
+
+    # --- dispatcher ----------------------------------------------------------------------------
+    claim_batch_size: int = Field(100, gt=0, le=10_000)
+    max_inflight_batches: int = Field(16, gt=0)
+    lease_seconds: float = Field(30, gt=0)
+    """A claimed event not acknowledged within this time is given to another node."""
+    max_publish_attempts: int = Field(5, gt=0)
+    retry_backoff_initial: float = Field(0.5, gt=0)
+    retry_backoff_max: float = Field(60, gt=0)
+    result_ttl_seconds: int = Field(3600, ge=0)
+    """How long Redis remembers the outcome of a fired event (0: not at all)."""
+    shutdown_timeout: float = Field(10, gt=0)
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """When set, every endpoint but the open ones needs ``X-API-Key`` or a bearer token."""
+    api_open_health: bool = True
+    api_open_metrics: bool = True
+
+    node_id: str = Field(default_factory=_default_node_id)
+
+    @model_validator(mode="after")
+    def _check_horizons(self) -> Settings:
+        if self.transfer_horizon_seconds <= self.clickhouse_sync_interval:
+            raise ValueError(
+                f"{ENV_PREFIX}TRANSFER_HORIZON_SECONDS ({self.transfer_horizon_seconds}) must be "
+                f"larger than {ENV_PREFIX}CLICKHOUSE_SYNC_INTERVAL "
+                f"({self.clickhouse_sync_interval}), or events would fire late"
+            )
+        if self.transfer_horizon_seconds > self.immediate_horizon_seconds:
+            raise ValueError(
+                f"{ENV_PREFIX}TRANSFER_HORIZON_SECONDS ({self.transfer_horizon_seconds}) must not "
+                f"exceed {ENV_PREFIX}IMMEDIATE_HORIZON_SECONDS ({self.immediate_horizon_seconds})"
+            )
+        return self
+
+    @property
+    def resolved_clickhouse_dsn(self) -> str:
+        """The DSN in use: the configured one, or the embedded chDB folder."""
+        if self.clickhouse_dsn is not None:
+            return self.clickhouse_dsn.get_secret_value()
+        return f"chdb:///{(self.data_dir / 'clickhouse').resolve().as_posix().lstrip('/')}"
+
+
+_SECRET_FIELDS = frozenset({"redis_url", "clickhouse_dsn", "api_keys", "kafka_client_options"})
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise :class:`SettingsError` naming bad variables."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            if not err["loc"]:
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+            elif str(err["loc"][0]) in _SECRET_FIELDS:
+                problems.append(f"{name}: {err['msg']}")
+            else:
+                problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,101 @@
+"""The Redis tier's Lua scripts against a real Valkey server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us, utc_now
+from delayline.ports import Finished
+
+
+def _event(offset_s: float, priority: int = 0, sid: str | None = None) -> ScheduledEvent:
+    return new_event(
+        topic="t",
+        entity_type="user",
+        action="remind",
+        body='{"a": 1}',
+        scheduled_at=utc_now() + timedelta(seconds=offset_s),
+        priority=priority,
+        schedule_id=sid,
+    )
+
+
+async def test_schedule_is_idempotent(store: RedisNearTermStore) -> None:
+    ev = _event(10, sid="same")
+    assert await store.schedule([ev]) == [True]
+    assert await store.schedule([ev, _event(5, sid="other")]) == [False, True]
+    counts = await store.counts()
+    assert counts["pending"] == 2
+    assert counts["scheduled"] == 2
+
+
+async def test_claim_orders_by_time_then_priority(store: RedisNearTermStore) -> None:
+    now = utc_now()
+    same = now - timedelta(seconds=1)
+    evs = [
+        new_event(topic="t", scheduled_at=same, priority=p, schedule_id=f"p{p}")
+        for p in (0, 5, -3, 2)
+    ]
+    evs.append(new_event(topic="t", scheduled_at=same - timedelta(seconds=1), schedule_id="early"))
+    evs.append(new_event(topic="t", scheduled_at=now + timedelta(hours=1), schedule_id="later"))
+    await store.schedule(evs)
+    claim = await store.claim(to_epoch_us(now), 100, 30)
+    assert [e.schedule_id for e in claim.events] == ["early", "p5", "p2", "p0", "p-3"]
+    assert all(e.status == EventStatus.PROCESSING for e in claim.events)
+    assert (await store.counts())["processing"] == 5
+
+
+async def test_ack_needs_the_token(store: RedisNearTermStore) -> None:
+    now = utc_now()
+    await store.schedule([_event(-1, sid="a")])
+    claim = await store.claim(to_epoch_us(now), 10, 30)
+    assert await store.ack("wrong", [Finished("a", EventStatus.COMPLETED)]) == 0
+    assert await store.ack(claim.token, [Finished("a", EventStatus.COMPLETED)]) == 1
+    got = await store.get("a")
+    assert got is not None and got.status == EventStatus.COMPLETED
+    # remembered as finished: scheduling it again makes nothing
+    assert await store.schedule([_event(-1, sid="a")]) == [False]
+
+
+async def test_reap_returns_expired_leases_and_fences_old_token(
+    store: RedisNearTermStore,
+) -> None:
+    now_us = to_epoch_us(utc_now())
+    await store.schedule([_event(-1, sid="a")])
+    first = await store.claim(now_us, 10, 1)
+    assert await store.reap(now_us + 500_000) == 0
+    assert await store.reap(now_us + 2_000_000) == 1
+    second = await store.claim(now_us + 2_000_000, 10, 30)
+    assert [e.schedule_id for e in second.events] == ["a"]
+    assert await store.ack(first.token, [Finished("a", EventStatus.COMPLETED)]) == 0
+    assert await store.ack(second.token, [Finished("a", EventStatus.COMPLETED)]) == 1
+
+
+async def test_cancel_and_reschedule(store: RedisNearTermStore) -> None:
+    ev = _event(60, sid="x")
+    await store.schedule([ev])
+    assert await store.reschedule("x", ev.due_us - 120_000_000)
+    got = await store.get("x")
+    assert got is not None and got.due_us == ev.due_us - 120_000_000
+    assert await store.next_due_us() == ev.due_us - 120_000_000
+    assert await store.cancel("x")
+    assert not await store.cancel("x")
+    got = await store.get("x")
+    assert got is not None and got.status == EventStatus.CANCELLED
+    assert (await store.claim(to_epoch_us(utc_now()) + 120_000_000, 10, 30)).events == []
+
+
+async def test_retry_keeps_original_time(store: RedisNearTermStore) -> None:
+    from dataclasses import replace
+
+    now_us = to_epoch_us(utc_now())
+    ev = _event(-1, sid="r")
+    await store.schedule([ev])
+    claim = await store.claim(now_us, 10, 30)
+    again = replace(claim.events[0], attempts=1, last_error="boom")
+    assert await store.retry(claim.token, again, now_us + 5_000_000)
+    assert (await store.claim(now_us, 10, 30)).events == []
+    later = await store.claim(now_us + 5_000_000, 10, 30)
+    assert later.events[0].attempts == 1
+    assert later.events[0].scheduled_at == ev.scheduled_at
