@@ -110,8 +110,9 @@ class LongTermStore(Protocol):
 class EventPublisher(Protocol):
     """Publishes fired events to their Kafka topics."""
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | None]:
-        """Publish each event; per event ``None`` once the broker acked it, else the error."""
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+        """Publish each event; per event the wall time (epoch s) of the broker's ack, or the
+        error."""
         ...
 
 

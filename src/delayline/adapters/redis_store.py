@@ -218,9 +218,13 @@ class RedisNearTermStore:
         return out
 
     async def wakeups(self) -> AsyncIterator[int]:
-        """Due times published by any process when an event became the earliest."""
+        """Due times published by any process when an event became the earliest.
+
+        Yields ``0`` first, once subscribed: from then on no wake-up can be missed.
+        """
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(self.channel)
+        yield 0
         try:
             while True:
                 message = await pubsub.get_message(timeout=None)

@@ -1,0 +1,190 @@
+"""Publishing fired events with confluent-kafka's sync ``Producer`` and one poll thread.
+
+``AIOProducer`` cannot send headers (DESIGN.md), so one thread polls for delivery reports and
+hands them, a batch per poll, to the event loop that awaits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from delayline.domain.events import ScheduledEvent
+from delayline.errors import ErrorClass, PublishError
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+_PERMANENT_CODES = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.INVALID_RECORD,
+        KafkaError._INVALID_ARG,
+        KafkaError.TOPIC_EXCEPTION,
+    }
+)
+
+
+def classify_kafka_error(error: KafkaError) -> PublishError:
+    """Turn a librdkafka error into a :class:`PublishError` with its class."""
+    code = error.code()
+    if code in _UNAVAILABLE_CODES:
+        kind = ErrorClass.UNAVAILABLE
+    elif code in _PERMANENT_CODES or error.fatal():
+        kind = ErrorClass.PERMANENT
+    else:
+        kind = ErrorClass.TRANSIENT
+    return PublishError(f"{error.name()}: {error.str()}", kind, code)
+
+
+def producer_config(
+    bootstrap_servers: str, *, linger_ms: float, lease_seconds: float, extra: Mapping[str, str]
+) -> dict[str, Any]:
+    """librdkafka settings for firing: idempotent, acks=all, low linger, bounded timeout.
+
+    ``message.timeout.ms`` stays below the claim lease so a message is either delivered or
+    reported failed before another node may take the event over.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "linger.ms": linger_ms,
+        "acks": "all",
+        "enable.idempotence": True,
+        "message.timeout.ms": max(1000, int(lease_seconds * 1000 * 0.6)),
+        "socket.keepalive.enable": True,
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    config.update(extra)
+    return config
+
+
+class KafkaEventPublisher:
+    """:class:`delayline.ports.EventPublisher` over one librdkafka producer."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._producer: Any = None
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: list[tuple[asyncio.Future[BaseException | float], BaseException | float]] = []
+        self._lock = threading.Lock()
+
+    async def start(self) -> None:
+        """Create the producer and its poll thread."""
+        if self._producer is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._producer = Producer(self._config)
+        self._running.set()
+        self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout``), then stop the poll thread."""
+        if self._producer is None:
+            return
+        remaining = await asyncio.to_thread(self._producer.flush, timeout)
+        if remaining:
+            log.warning("%d messages were still undelivered at shutdown", remaining)
+        self._running.clear()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+        self._producer = None
+
+    async def __aenter__(self) -> KafkaEventPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _poll_forever(self) -> None:
+        while self._running.is_set():
+            self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if not self._ready:
+                return
+            ready, self._ready = self._ready, []
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(_resolve_all, ready)
+
+    def _on_delivery(
+        self, future: asyncio.Future[BaseException | float], error: KafkaError | None
+    ) -> None:
+        # Runs on the poll thread; the loop resolves futures in batches in _hand_over.
+        outcome: BaseException | float = (
+            classify_kafka_error(error) if error is not None else time.time()
+        )
+        with self._lock:
+            self._ready.append((future, outcome))
+
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+        """Publish each event; per event the broker-ack wall time, or the error."""
+        if self._producer is None:
+            raise RuntimeError("publisher not started")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[BaseException | float]] = []
+        for event in events:
+            future: asyncio.Future[BaseException | float] = loop.create_future()
+            futures.append(future)
+            await self._produce(event, future)
+        return list(await asyncio.gather(*futures))
+
+    async def _produce(
+        self, event: ScheduledEvent, future: asyncio.Future[BaseException | float]
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    event.topic,
+                    value=event.body.encode(),
+                    key=event.message_key.encode(),
+                    headers=event.outgoing_headers(),
+                    on_delivery=lambda err, _msg, f=future: self._on_delivery(f, err),
+                )
+                return
+            except BufferError:
+                await asyncio.sleep(0.005)  # local queue full: let the poll thread drain it
+            except KafkaException as exc:
+                future.set_result(classify_kafka_error(exc.args[0]))
+                return
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """True when the cluster's metadata can be read."""
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.to_thread(self._producer.list_topics, timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+
+def _resolve_all(
+    ready: list[tuple[asyncio.Future[BaseException | float], BaseException | float]],
+) -> None:
+    for future, outcome in ready:
+        if not future.done():
+            future.set_result(outcome)

@@ -1,0 +1,247 @@
+"""The dispatcher: sleeps until the next due event, claims due events in batches and fires them.
+
+No polling period: it sleeps until the earliest due time (never longer than
+``REDIS_PROCESSING_INTERVAL``) and is woken at once when any process schedules a sooner event.
+Each claim is a lease; events are acknowledged only after the broker's delivery report, so a
+dispatcher that dies leaves its events to be reclaimed by another when the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us, to_epoch_us
+from delayline.domain.outcomes import ExecutionResult, Outcome
+from delayline.errors import ErrorClass, backoff_delay, classify
+from delayline.ports import Claim, Clock, EventPublisher, Finished, NearTermStore, OutcomeSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherConfig:
+    """The dispatcher's tunables (from :class:`delayline.settings.Settings`)."""
+
+    max_sleep_seconds: float = 5.0
+    claim_batch_size: int = 100
+    max_inflight_batches: int = 16
+    lease_seconds: float = 30.0
+    max_publish_attempts: int = 5
+    retry_backoff_initial: float = 0.5
+    retry_backoff_max: float = 60.0
+    node_id: str = "node"
+
+
+class Dispatcher:
+    """Fires due events from the near-term store to the publisher."""
+
+    def __init__(
+        self,
+        store: NearTermStore,
+        publisher: EventPublisher,
+        sink: OutcomeSink,
+        clock: Clock,
+        config: DispatcherConfig,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._sink = sink
+        self._clock = clock
+        self._config = config
+        self._wake = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(config.max_inflight_batches)
+        self._batches: set[asyncio.Task[None]] = set()
+        self._pause_until_us = 0
+        self.claims_in_flight = 0
+
+    def _now_us(self) -> int:
+        return to_epoch_us(self._clock.now())
+
+    def wake(self) -> None:
+        """Re-evaluate the next due time now (called by the wake-up listener)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` returns once claimed batches are finished."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and fire until :meth:`stop`; then wait for in-flight batches."""
+        listener = asyncio.create_task(self._listen_for_wakeups(), name="dispatcher-wakeups")
+        reaper = asyncio.create_task(self._reap_forever(), name="dispatcher-reaper")
+        with contextlib.suppress(TimeoutError):  # start anyway; the sleep cap bounds lateness
+            await asyncio.wait_for(self._subscribed.wait(), 5)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._step()
+                except Exception as exc:  # a store outage must not end the loop
+                    log.warning("dispatcher step failed (%s); retrying", exc)
+                    await self._sleep(min(1.0, self._config.max_sleep_seconds))
+        finally:
+            listener.cancel()
+            reaper.cancel()
+            if self._batches:
+                await asyncio.gather(*self._batches, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+
+    async def _step(self) -> None:
+        now_us = self._now_us()
+        if now_us < self._pause_until_us:  # the broker is down: don't churn claims
+            await self._sleep((self._pause_until_us - now_us) / 1e6)
+            return
+        await self._slots.acquire()
+        try:
+            claim = await self._store.claim(
+                now_us, self._config.claim_batch_size, self._config.lease_seconds
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        if claim.events:
+            task = asyncio.create_task(self._fire_and_release(claim))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+            return
+        self._slots.release()
+        next_due = await self._store.next_due_us()
+        timeout = self._config.max_sleep_seconds
+        if next_due is not None:
+            timeout = min(timeout, max(0.0, (next_due - self._now_us()) / 1e6))
+        if timeout > 0:
+            await self._sleep(timeout)
+
+    async def _sleep(self, timeout: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _listen_for_wakeups(self) -> None:
+        while True:
+            try:
+                async for _due_us in self._store.wakeups():
+                    self._subscribed.set()
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("wake-up subscription lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+                self._wake.set()  # something may have been scheduled meanwhile
+
+    async def _reap_forever(self) -> None:
+        period = min(1.0, self._config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if await self._store.reap(self._now_us()):
+                    self._wake.set()
+            except Exception as exc:
+                log.warning("reaping expired leases failed: %s", exc)
+
+    async def _fire_and_release(self, claim: Claim) -> None:
+        self.claims_in_flight += 1
+        try:
+            await self.fire(claim)
+        except Exception:
+            # Unacknowledged events stay leased and return after the lease: nothing is lost.
+            log.exception("firing a batch of %d events failed", len(claim.events))
+        finally:
+            self.claims_in_flight -= 1
+            self._slots.release()
+
+    async def fire(self, claim: Claim) -> None:
+        """Publish a claimed batch, then acknowledge, retry or fail each event."""
+        started_us = self._now_us()
+        finished: list[Finished] = []
+        to_publish: list[ScheduledEvent] = []
+        for event in claim.events:
+            late_s = (started_us - event.due_us) / 1e6
+            if event.max_delay_seconds and late_s > event.max_delay_seconds:
+                reason = (
+                    f"would fire {late_s:.3f} s late; "
+                    f"max_delay_seconds is {event.max_delay_seconds}"
+                )
+                finished.append(Finished(event.schedule_id, EventStatus.SKIPPED, reason))
+                self._record(event, Outcome.SKIPPED, started_us, started_us, reason)
+            else:
+                to_publish.append(event)
+        if to_publish:
+            results = await self._publisher.publish(to_publish)
+            finished += await self._settle(claim.token, to_publish, results, started_us)
+        if finished:
+            await self._store.ack(claim.token, finished)
+
+    async def _settle(
+        self,
+        token: str,
+        events: Sequence[ScheduledEvent],
+        results: Sequence[BaseException | float],
+        started_us: int,
+    ) -> list[Finished]:
+        finished: list[Finished] = []
+        unavailable = 0
+        for event, result in zip(events, results, strict=True):
+            if not isinstance(result, BaseException):
+                finished.append(Finished(event.schedule_id, EventStatus.COMPLETED))
+                self._record(event, Outcome.SUCCESS, started_us, int(result * 1e6), None)
+                continue
+            kind = classify(result)
+            unavailable += kind is ErrorClass.UNAVAILABLE
+            attempts = event.attempts + (kind is not ErrorClass.UNAVAILABLE)
+            if kind is ErrorClass.PERMANENT or attempts >= self._config.max_publish_attempts:
+                finished.append(Finished(event.schedule_id, EventStatus.FAILED, str(result)))
+                outcome = Outcome.TIMEOUT if "TIMED_OUT" in str(result) else Outcome.ERROR
+                self._record(event, outcome, started_us, self._now_us(), str(result))
+                continue
+            delay = backoff_delay(
+                max(attempts, 1), self._config.retry_backoff_initial, self._config.retry_backoff_max
+            )
+            again = replace(event, attempts=attempts, last_error=str(result))
+            await self._store.retry(token, again, self._now_us() + int(delay * 1e6))
+        if unavailable:
+            # The broker is down: pause claiming for a backoff instead of spinning on it.
+            pause = backoff_delay(1, self._config.retry_backoff_initial, 5.0)
+            self._pause_until_us = self._now_us() + int(pause * 1e6)
+            log.warning("broker unavailable for %d events; pausing %.2f s", unavailable, pause)
+        return finished
+
+    def _record(
+        self,
+        event: ScheduledEvent,
+        outcome: Outcome,
+        started_us: int,
+        executed_us: int,
+        error: str | None,
+    ) -> None:
+        try:
+            self._sink.record(
+                ExecutionResult(
+                    execution_id=uuid.uuid4().hex,
+                    event=event,
+                    executed_at=_at(executed_us),
+                    outcome=outcome,
+                    error_message=error,
+                    retry_count=min(event.attempts, 255),
+                    processing_time_ms=max(0, (executed_us - started_us) // 1000),
+                    node_id=self._config.node_id,
+                )
+            )
+        except Exception:  # the sink must never break firing
+            log.exception("recording an execution result failed")
+
+
+def _at(epoch_us: int) -> datetime:
+    return from_epoch_us(epoch_us)

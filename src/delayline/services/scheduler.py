@@ -1,0 +1,243 @@
+"""The hybrid scheduler service: one API over both tiers (the spec's ``scheduler_service``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from delayline.domain.events import (
+    InvalidEventError,
+    ScheduledEvent,
+    as_utc,
+    from_epoch_us,
+    new_event,
+    to_epoch_us,
+    validate_scheduled_at,
+)
+from delayline.domain.routing import Tier, route
+from delayline.ports import Clock, LongTermStore, NearTermStore
+
+log = logging.getLogger(__name__)
+
+
+class SyncRunner(Protocol):
+    """The ClickHouse → Redis sync and the cleanup, run on demand."""
+
+    async def sync_once(self) -> int:
+        """Move due-soon events into Redis; returns how many."""
+        ...
+
+    async def cleanup_once(self) -> int:
+        """Remove expired schedules and orphans; returns how many."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Last run time, lag, totals."""
+        ...
+
+
+ScheduledHook = Callable[[Tier, str, int], None]
+"""Called with (tier, source, count) after events are stored (metrics)."""
+
+
+class SchedulerService:
+    """Routes events to Redis (due within the immediate horizon) or ClickHouse (later)."""
+
+    def __init__(
+        self,
+        near: NearTermStore,
+        clock: Clock,
+        *,
+        immediate_horizon_seconds: float = 86400,
+        max_body_bytes: int = 1024 * 1024,
+        default_max_delay_seconds: int = 86400,
+        far: LongTermStore | None = None,
+        sync: SyncRunner | None = None,
+        on_scheduled: ScheduledHook | None = None,
+    ) -> None:
+        self._near = near
+        self._far = far
+        self._sync = sync
+        self._clock = clock
+        self._horizon = immediate_horizon_seconds
+        self._max_body_bytes = max_body_bytes
+        self._default_max_delay = default_max_delay_seconds
+        self._on_scheduled = on_scheduled
+
+    @property
+    def near(self) -> NearTermStore:
+        """The Redis tier."""
+        return self._near
+
+    @property
+    def far(self) -> LongTermStore | None:
+        """The ClickHouse tier, when configured."""
+        return self._far
+
+    def build_event(self, **fields: Any) -> ScheduledEvent:
+        """Validate ``fields`` into an event (``InvalidEventError`` names a bad field).
+
+        ``delay_seconds`` may stand in for ``scheduled_at``.
+        """
+        if "delay_seconds" in fields:
+            delay = fields.pop("delay_seconds")
+            if delay is not None:
+                if fields.get("scheduled_at") is not None:
+                    raise InvalidEventError("delay_seconds", "give scheduled_at or delay_seconds")
+                fields["scheduled_at"] = _after(self._clock.now(), delay)
+        if fields.get("max_delay_seconds") is None:
+            fields["max_delay_seconds"] = self._default_max_delay
+        return new_event(now=self._clock.now(), max_body_bytes=self._max_body_bytes, **fields)
+
+    def tier_for(self, event: ScheduledEvent) -> Tier:
+        """Where ``event`` waits now; Redis when there is no long-term store."""
+        if self._far is None:
+            return Tier.REDIS
+        return route(event.scheduled_at, self._clock.now(), self._horizon)
+
+    async def schedule_event(
+        self,
+        *,
+        topic: str,
+        entity_type: str = "",
+        action: str = "",
+        body: Any = "",
+        scheduled_at: datetime | str | None = None,
+        correlation_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        priority: int = 0,
+        max_delay_seconds: int | None = None,
+        schedule_id: str | None = None,
+        delay_seconds: float | None = None,
+    ) -> str:
+        """Schedule one event; returns its schedule_id (the same id twice is one event)."""
+        event = self.build_event(
+            topic=topic,
+            entity_type=entity_type,
+            action=action,
+            body=body,
+            scheduled_at=scheduled_at,
+            delay_seconds=delay_seconds,
+            correlation_id=correlation_id,
+            headers=headers,
+            priority=priority,
+            max_delay_seconds=max_delay_seconds,
+            schedule_id=schedule_id,
+        )
+        await self.schedule_events([event])
+        return event.schedule_id
+
+    async def schedule_events(
+        self, events: Sequence[ScheduledEvent], source: str = "api"
+    ) -> list[bool]:
+        """Store validated events in their tiers; True where new. Durable on return."""
+        tiers = [self.tier_for(e) for e in events]
+        near = [e for e, t in zip(events, tiers, strict=True) if t is Tier.REDIS]
+        far = [e for e, t in zip(events, tiers, strict=True) if t is Tier.CLICKHOUSE]
+        near_new = iter(await self._near.schedule(near) if near else [])
+        far_new = iter(await self._far.insert(far) if far and self._far else [])
+        inserted = [next(near_new) if t is Tier.REDIS else next(far_new) for t in tiers]
+        if self._on_scheduled is not None:
+            for tier, group in ((Tier.REDIS, near), (Tier.CLICKHOUSE, far)):
+                if group:
+                    self._on_scheduled(tier, source, len(group))
+        return inserted
+
+    async def schedule_bulk(self, items: Sequence[dict[str, Any]]) -> list[str]:
+        """Validate and schedule many events in one call; returns their ids in order."""
+        events = [self.build_event(**item) for item in items]
+        await self.schedule_events(events)
+        return [e.schedule_id for e in events]
+
+    async def cancel_event(self, schedule_id: str) -> bool:
+        """Cancel a pending event in either tier; a cancelled event never fires.
+
+        ClickHouse first, then Redis: if the sync is moving the event meanwhile, either the
+        Redis copy is removed here or the sync sees the cancellation when it re-checks.
+        """
+        cancelled = False
+        if self._far is not None:
+            cancelled = await self._far.cancel(schedule_id)
+        return await self._near.cancel(schedule_id) or cancelled
+
+    async def reschedule_event(self, schedule_id: str, scheduled_at: datetime | str) -> bool:
+        """Move a pending event to a new time, across tiers when the new time asks for it."""
+        when = validate_scheduled_at(scheduled_at)
+        event = await self._near.get(schedule_id)
+        if event is not None and not event.status.is_terminal:
+            return await self._reschedule_near(event, when)
+        if self._far is None:
+            return False
+        stored = await self._far.get(schedule_id)
+        if stored is None or stored.status.is_terminal:
+            return False
+        if route(when, self._clock.now(), self._horizon) is Tier.CLICKHOUSE:
+            return await self._far.reschedule(schedule_id, when)
+        # Due soon now: into Redis first (idempotent), then retire the ClickHouse row.
+        moved = replace(stored, scheduled_at=when)
+        if not await self._far.cancel(schedule_id):
+            return False
+        await self._near.schedule([moved])
+        return True
+
+    async def _reschedule_near(self, event: ScheduledEvent, when: datetime) -> bool:
+        if self._far is None or self.tier_for(replace(event, scheduled_at=when)) is Tier.REDIS:
+            return await self._near.reschedule(event.schedule_id, to_epoch_us(when))
+        # Now due far away: store in ClickHouse first, then drop the Redis copy.
+        moved = replace(event, scheduled_at=when)
+        await self._far.insert([moved])
+        if await self._near.cancel(event.schedule_id):
+            return True
+        await self._far.cancel(event.schedule_id)  # it started firing: keep the Redis one
+        return False
+
+    async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
+        """The event and its status from whichever tier holds it."""
+        event = await self._near.get(schedule_id)
+        if event is not None and (event.topic or self._far is None):
+            return event
+        if self._far is not None:
+            stored = await self._far.get(schedule_id)
+            if stored is not None:
+                return stored if event is None else replace(stored, status=event.status)
+        return event
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Pending per tier, per-status counts and the next due time in each tier."""
+        counts = await self._near.counts()
+        next_due = await self._near.next_due_us()
+        stats: dict[str, Any] = {
+            "redis_pending": counts["pending"],
+            "redis_processing": counts["processing"],
+            "redis_next_due_at": from_epoch_us(next_due).isoformat() if next_due else None,
+            "redis_status_totals": {
+                k: v for k, v in counts.items() if k not in {"pending", "processing"}
+            },
+            "clickhouse_pending": 0,
+        }
+        far_stats = getattr(self._far, "stats", None)
+        if far_stats is not None:
+            stats.update(await far_stats())
+        if self._sync is not None:
+            stats["sync"] = self._sync.stats()
+        stats["pending"] = stats["redis_pending"] + stats["clickhouse_pending"]
+        return stats
+
+    async def sync_clickhouse_to_redis(self) -> int:
+        """Run the ClickHouse → Redis sync now; returns how many events moved."""
+        return await self._sync.sync_once() if self._sync else 0
+
+    async def cleanup_old_schedules(self) -> int:
+        """Run the cleanup now; returns how many schedules or keys were removed."""
+        return await self._sync.cleanup_once() if self._sync else 0
+
+
+def _after(now: datetime, delay: object) -> datetime:
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise InvalidEventError("delay_seconds", "must be a number")
+    if not -1e9 < delay < 1e10:
+        raise InvalidEventError("delay_seconds", "is out of range")
+    return as_utc(now) + timedelta(seconds=float(delay))

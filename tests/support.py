@@ -1,0 +1,96 @@
+"""Helpers for tests against the real broker: read what was fired to a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Fired:
+    """One message read back from a topic, with the time it was read."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+    read_at: float
+
+    def header(self, name: str) -> str:
+        """A header decoded as UTF-8."""
+        return self.headers[name].decode()
+
+
+def create_topics(bootstrap: str, *topics: str, partitions: int = 1) -> None:
+    """Create topics (so readers can be assigned before the first message)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    for future in futures.values():
+        future.result(10)
+
+
+class TopicReader:
+    """Reads a topic from the beginning by assignment (no group join: no rebalance delay)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
+        create_topics(bootstrap, topic, partitions=partitions)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{topic}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self.messages: list[Fired] = []
+
+    def read(self, count: int, timeout: float = 20.0) -> list[Fired]:
+        """Wait until ``count`` messages in all were read (or ``timeout``); returns them all."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            msg = self._consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            self.messages.append(
+                Fired(
+                    key=msg.key(),
+                    value=msg.value(),
+                    headers=_headers(msg.headers()),
+                    timestamp_ms=msg.timestamp()[1],
+                    read_at=time.time(),
+                )
+            )
+        return self.messages
+
+    def read_for(self, seconds: float) -> list[Fired]:
+        """Read whatever arrives within ``seconds``."""
+        self.read(10**9, timeout=seconds)
+        return self.messages
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()
+
+
+async def eventually_status(get: Callable[[], Awaitable[object]], timeout: float = 5.0) -> object:
+    """Poll ``get`` until it returns something with a terminal status (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await get()
+        status = getattr(value, "status", None)
+        if (status is not None and status.is_terminal) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.02)
+
+
+def _headers(raw: object) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for key, value in raw or []:  # type: ignore[attr-defined]
+        out[str(key)] = value if isinstance(value, bytes) else str(value or "").encode()
+    return out
