@@ -1,0 +1,237 @@
+"""The composition root: reads settings once, starts what is embedded, wires adapters to services.
+
+Nothing else in the package constructs adapters; nothing here holds scheduling logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.clock import SystemClock
+from delayline.domain.outcomes import ExecutionResult
+from delayline.ports import Clock, OutcomeSink
+from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from delayline.services.scheduler import SchedulerService
+from delayline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILE = "runtime.json"
+
+
+@dataclass(frozen=True)
+class Components:
+    """Which long-running parts :class:`Application` starts."""
+
+    dispatcher: bool = True
+    sync: bool = True
+    consumer: bool = True
+    api: bool = True
+
+
+class FanOutSink:
+    """Hands every execution result to several sinks; one failing sink spoils none."""
+
+    def __init__(self, *sinks: OutcomeSink) -> None:
+        self._sinks = list(sinks)
+
+    def add(self, sink: OutcomeSink) -> None:
+        """Add one more sink."""
+        self._sinks.append(sink)
+
+    def record(self, result: ExecutionResult) -> None:
+        """Give ``result`` to each sink."""
+        for sink in self._sinks:
+            try:
+                sink.record(result)
+            except Exception:
+                log.exception("an outcome sink failed")
+
+
+class Application:
+    """Delayline with everything wired: ``async with Application(settings) as app``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        components: Components | None = None,
+        clock: Clock | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.migrate = migrate
+        self.components = components or Components()
+        self.clock: Clock = clock or SystemClock()
+        self.sink = FanOutSink()
+        self._valkey: EmbeddedValkey | None = None
+        self._tansu: EmbeddedTansu | None = None
+        self._redis: Redis | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self.redis_url = ""
+        self.bootstrap_servers = ""
+        self.publisher: KafkaEventPublisher | None = None
+        self.near: RedisNearTermStore | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._service: SchedulerService | None = None
+
+    @property
+    def service(self) -> SchedulerService:
+        """The scheduler service (after :meth:`start`)."""
+        if self._service is None:
+            raise RuntimeError("the application is not started: call `await start()` first")
+        return self._service
+
+    async def __aenter__(self) -> Application:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start embedded servers if no URLs are set, connect, and start the loops."""
+        if self._started:
+            return
+        self._started = True
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._start_redis()
+        await self._start_kafka()
+        assert self._redis is not None
+        self.near = RedisNearTermStore(
+            self._redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
+        )
+        self._service = SchedulerService(
+            self.near,
+            self.clock,
+            immediate_horizon_seconds=s.immediate_horizon_seconds,
+            max_body_bytes=s.max_body_bytes,
+            default_max_delay_seconds=s.default_max_delay_seconds,
+        )
+        if self.components.dispatcher:
+            await self._start_dispatcher()
+        self._write_runtime_file()
+
+    async def _start_redis(self) -> None:
+        s = self.settings
+        if s.redis_url is None:
+            self._valkey = EmbeddedValkey(s.data_dir / "valkey", appendfsync=s.redis_appendfsync)
+            self.redis_url = await asyncio.to_thread(self._valkey.start)
+        else:
+            self.redis_url = s.redis_url.get_secret_value()
+        self._redis = Redis.from_url(self.redis_url, health_check_interval=10)
+        await self._redis.ping()
+
+    async def _start_kafka(self) -> None:
+        s = self.settings
+        if s.kafka_bootstrap_servers is None:
+            self._tansu = EmbeddedTansu(log_path=s.data_dir / "tansu.log")
+            self.bootstrap_servers = await asyncio.to_thread(self._tansu.start)
+        else:
+            self.bootstrap_servers = s.kafka_bootstrap_servers
+        self.publisher = KafkaEventPublisher(
+            producer_config(
+                self.bootstrap_servers,
+                linger_ms=s.kafka_linger_ms,
+                lease_seconds=s.lease_seconds,
+                extra=s.kafka_client_options,
+            )
+        )
+        await self.publisher.start()
+
+    async def _start_dispatcher(self) -> None:
+        s = self.settings
+        assert self.near is not None
+        assert self.publisher is not None
+        self.dispatcher = Dispatcher(
+            self.near,
+            self.publisher,
+            self.sink,
+            self.clock,
+            DispatcherConfig(
+                max_sleep_seconds=s.redis_processing_interval,
+                claim_batch_size=s.claim_batch_size,
+                max_inflight_batches=s.max_inflight_batches,
+                lease_seconds=s.lease_seconds,
+                max_publish_attempts=s.max_publish_attempts,
+                retry_backoff_initial=s.retry_backoff_initial,
+                retry_backoff_max=s.retry_backoff_max,
+                node_id=s.node_id,
+            ),
+        )
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+
+    def _write_runtime_file(self) -> None:
+        """Tell the CLI in another terminal where the embedded servers are (no secrets)."""
+        info: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if self._valkey is not None:
+            info["redis_url"] = self.redis_url
+        path = self.settings.data_dir / RUNTIME_FILE
+        path.write_text(json.dumps(info))
+
+    async def stop(self) -> None:
+        """Drain: stop claiming, finish claimed batches, flush, then stop embedded servers."""
+        if not self._started:
+            return
+        self._started = False
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("task %s failed", task.get_name(), exc_info=task.exception())
+            self._tasks.clear()
+        if self.publisher is not None:
+            await self.publisher.stop(self.settings.shutdown_timeout)
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._tansu is not None:
+            await asyncio.to_thread(self._tansu.stop)
+        if self._valkey is not None:
+            await asyncio.to_thread(self._valkey.stop)
+        with contextlib.suppress(OSError):
+            (self.settings.data_dir / RUNTIME_FILE).unlink()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGINT/SIGTERM, then drain; a second signal exits at once."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.warning("second signal: exiting now")
+                raise SystemExit(1)
+            log.info("signal received: draining (again to exit at once)")
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await self.start()
+        log.info("delayline is running (node %s)", self.settings.node_id)
+        await stop.wait()
+        await self.stop()
+
+
+def read_runtime_file(data_dir: Path) -> dict[str, Any]:
+    """What a running service wrote about its embedded servers (empty if none)."""
+    try:
+        return dict(json.loads((data_dir / RUNTIME_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
