@@ -1,0 +1,259 @@
+"""Publish delayed events from any service: ``get_event_bus().publish_with_delay(...)``.
+
+A light module: it imports only ``confluent_kafka``, ``orjson`` and the standard library, so
+services can use it without pulling in Redis, ClickHouse or the web stack. It produces one
+message to the delayed topic following the contract in ``docs/INGRESS.md``; the Delayline
+consumer turns it into a scheduled event. The header names and the derivation of schedule ids
+live here because both sides of the contract share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+# --- the message contract (docs/INGRESS.md) ------------------------------------------------------
+H_TOPIC = "x-topic"
+H_DELAY_SECONDS = "x-delay-seconds"
+H_SCHEDULED_AT = "x-scheduled-at"
+H_ENTITY_TYPE = "x-entity-type"
+H_ACTION = "x-action"
+H_CORRELATION_ID = "x-correlation-id"
+H_PRIORITY = "x-priority"
+H_MAX_DELAY_SECONDS = "x-max-delay-seconds"
+H_SCHEDULE_ID = "x-schedule-id"
+H_CONTENT_TYPE = "content-type"
+ENVELOPE_CONTENT_TYPE = "application/vnd.delayline.envelope+json"
+# The etf1 kafka-message-scheduler's headers (its users can switch without touching producers).
+H_ETF1_EPOCH = "scheduler-epoch"
+H_ETF1_TARGET_TOPIC = "scheduler-target-topic"
+H_ETF1_TARGET_KEY = "scheduler-target-key"
+# Added to dead-lettered messages.
+H_DLQ_REASON = "x-dlq-reason"
+H_DLQ_SOURCE_TOPIC = "x-dlq-source-topic"
+H_DLQ_SOURCE_PARTITION = "x-dlq-source-partition"
+H_DLQ_SOURCE_OFFSET = "x-dlq-source-offset"
+
+CONTROL_HEADERS = frozenset(
+    {
+        H_TOPIC,
+        H_DELAY_SECONDS,
+        H_SCHEDULED_AT,
+        H_ENTITY_TYPE,
+        H_ACTION,
+        H_CORRELATION_ID,
+        H_PRIORITY,
+        H_MAX_DELAY_SECONDS,
+        H_SCHEDULE_ID,
+    }
+)
+ETF1_HEADERS = frozenset({H_ETF1_EPOCH, H_ETF1_TARGET_TOPIC, H_ETF1_TARGET_KEY})
+
+ENV_BOOTSTRAP = "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS"
+ENV_DELAYED_TOPIC = "SCHEDULES_KAFKA_DELAYED_TOPIC_NAME"
+DEFAULT_DELAYED_TOPIC = "delayed_events"
+_MAX_READABLE_ID = 200
+
+
+def derive_schedule_id(topic: str, partition: int, offset: int, timestamp_ms: int) -> str:
+    """The schedule id of a message that names none: the same for every redelivery.
+
+    The timestamp is part of it so that a topic deleted and re-created (offsets restart at 0,
+    e.g. after a restart of the in-memory embedded broker) never collides with older events.
+    """
+    readable = f"{topic}:{partition}:{offset}:{timestamp_ms}"
+    if len(readable) <= _MAX_READABLE_ID:
+        return readable
+    return "k" + hashlib.sha256(readable.encode()).hexdigest()[:40]
+
+
+def encode_body(body: object) -> bytes:
+    """The message value: ``bytes`` as is, ``str`` as UTF-8, anything else as JSON."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode()
+    return orjson.dumps(body)
+
+
+def build_delayed_message(
+    *,
+    topic: str,
+    entity_type: str = "",
+    action: str = "",
+    body: object = "",
+    delay_seconds: float | None = None,
+    scheduled_at: datetime | str | int | None = None,
+    correlation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    priority: int | None = None,
+    max_delay_seconds: int | None = None,
+    schedule_id: str | None = None,
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """``(key, value, headers)`` of the delayed-topic message for these fields.
+
+    Exactly one of ``delay_seconds`` and ``scheduled_at`` (a datetime, ISO-8601 text or epoch
+    milliseconds) must be given. The key is the schedule id when given, else the correlation id,
+    so that a tombstone with the same key cancels the event.
+    """
+    if (delay_seconds is None) == (scheduled_at is None):
+        raise ValueError("give exactly one of delay_seconds and scheduled_at")
+    out: list[tuple[str, bytes]] = [(H_TOPIC, topic.encode())]
+    if delay_seconds is not None:
+        out.append((H_DELAY_SECONDS, repr(float(delay_seconds)).encode()))
+    elif isinstance(scheduled_at, datetime):
+        stamp = scheduled_at if scheduled_at.tzinfo else scheduled_at.replace(tzinfo=UTC)
+        out.append((H_SCHEDULED_AT, stamp.isoformat().encode()))
+    else:
+        out.append((H_SCHEDULED_AT, str(scheduled_at).encode()))
+    optional = (
+        (H_ENTITY_TYPE, entity_type or None),
+        (H_ACTION, action or None),
+        (H_CORRELATION_ID, correlation_id),
+        (H_PRIORITY, None if priority is None else str(int(priority))),
+        (H_MAX_DELAY_SECONDS, None if max_delay_seconds is None else str(int(max_delay_seconds))),
+        (H_SCHEDULE_ID, schedule_id),
+    )
+    out += [(name, value.encode()) for name, value in optional if value is not None]
+    for name, value in (headers or {}).items():
+        if name.lower() in CONTROL_HEADERS:
+            raise ValueError(f"header {name!r} is reserved; use the keyword argument")
+        out.append((name, value.encode()))
+    key = schedule_id or correlation_id
+    return (key.encode() if key else None), encode_body(body), out
+
+
+class EventBus:
+    """Produces delayed events to the delayed topic. Create one per process and reuse it.
+
+    The sync ``Producer`` is used (the asyncio one cannot send headers) with one daemon thread
+    serving delivery callbacks, which resolve asyncio futures on the caller's loop.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        delayed_topic: str = DEFAULT_DELAYED_TOPIC,
+        *,
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.delayed_topic = delayed_topic
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "linger.ms": 1,  # librdkafka's default 5 ms adds straight to latency (DESIGN.md)
+            "enable.idempotence": False,
+            "acks": "all",
+        }
+        config.update(producer_options or {})
+        self._producer = Producer(config)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="delayline-event-bus", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    async def publish_with_delay(
+        self,
+        *,
+        topic: str,
+        entity_type: str = "",
+        action: str = "",
+        body: object = "",
+        delay_seconds: float | None = None,
+        scheduled_at: datetime | str | int | None = None,
+        correlation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        priority: int | None = None,
+        max_delay_seconds: int | None = None,
+        schedule_id: str | None = None,
+    ) -> str:
+        """Send one delayed event; returns its schedule id once the broker has the message.
+
+        Without ``schedule_id`` the id is derived from where the message landed (see
+        :func:`derive_schedule_id`), exactly as the consumer derives it.
+        """
+        if self._closed.is_set():
+            raise RuntimeError("the event bus is closed")
+        key, value, hdrs = build_delayed_message(
+            topic=topic,
+            entity_type=entity_type,
+            action=action,
+            body=body,
+            delay_seconds=delay_seconds,
+            scheduled_at=scheduled_at,
+            correlation_id=correlation_id,
+            headers=headers,
+            priority=priority,
+            max_delay_seconds=max_delay_seconds,
+            schedule_id=schedule_id,
+        )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Message] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, done, err, msg)
+
+        self._produce(key, value, hdrs, on_delivery)
+        msg = await done
+        if schedule_id:
+            return schedule_id
+        _, ts = msg.timestamp()
+        return derive_schedule_id(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, ts)
+
+    def _produce(self, key: bytes | None, value: bytes, hdrs: Any, cb: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self.delayed_topic, value=value, key=key, headers=hdrs, on_delivery=cb
+                )
+                return
+            except BufferError:  # local queue full: let the poll thread drain it
+                self._producer.poll(0.01)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout`` seconds) and stop. Idempotent."""
+        if self._closed.is_set():
+            return
+        await asyncio.to_thread(self._producer.flush, timeout)
+        self._closed.set()
+        await asyncio.to_thread(self._thread.join, 5)
+
+    async def __aenter__(self) -> EventBus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _settle(fut: asyncio.Future[Message], err: KafkaError | None, msg: Message) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(KafkaException(err))
+    else:
+        fut.set_result(msg)
+
+
+def get_event_bus(
+    bootstrap_servers: str | None = None, delayed_topic: str | None = None
+) -> EventBus:
+    """A new :class:`EventBus`; settings default to ``SCHEDULES_KAFKA_BOOTSTRAP_SERVERS`` and
+    ``SCHEDULES_KAFKA_DELAYED_TOPIC_NAME``. Keep it for the life of the process; ``close()`` it.
+    """
+    servers = bootstrap_servers or os.environ.get(ENV_BOOTSTRAP)
+    if not servers:
+        raise ValueError(
+            f"no Kafka bootstrap servers: pass bootstrap_servers or set {ENV_BOOTSTRAP}"
+        )
+    topic = delayed_topic or os.environ.get(ENV_DELAYED_TOPIC) or DEFAULT_DELAYED_TOPIC
+    return EventBus(servers, topic)

@@ -1,0 +1,290 @@
+"""The Delayed Events Consumer: Kafka messages → scheduled events, cancellations or dead letters.
+
+The message contract is in ``docs/INGRESS.md``. This module decides; the Kafka adapter moves
+bytes. Guarantees:
+
+- an offset is committed only after ``schedule_events`` / ``cancel_event`` returned for every
+  message up to it, and after its dead letters were acknowledged by the broker;
+- a store that is unavailable pauses consumption without committing; the held batch is retried
+  with backoff and consumption resumes when it succeeds;
+- one bad message never stops the consumer: it goes to the dead-letter topic with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from delayline.clock import SystemClock
+from delayline.domain.events import InvalidEventError
+from delayline.errors import ErrorClass, classify
+from delayline.ports import Clock, SchedulerApi
+from delayline.services.ingress_parse import Cancel, DelayedMessage, Reject, Schedule, parse
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DelayedEventsConsumer",
+    "DelayedMessage",
+    "IngressStats",
+    "MessageSource",
+    "is_unavailable",
+]
+
+
+class MessageSource(Protocol):
+    """What the consumer needs from Kafka (``adapters.kafka_consumer.KafkaDelayedSource``)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def poll(self, max_messages: int, timeout: float) -> Sequence[DelayedMessage]: ...
+    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
+    async def pause(self) -> None: ...
+    async def resume(self) -> None: ...
+    def take_revoked(self) -> set[tuple[str, int]]: ...
+    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> None: ...
+
+
+_UNAVAILABLE_NAMES = frozenset(
+    {"ConnectionError", "TimeoutError", "BusyLoadingError", "CircuitBreakerError",
+     "DependencyUnavailable", "ClusterDownError", "TryAgainError", "MasterDownError"}
+)  # fmt: skip
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "a store is down" (pause and retry) rather than "this event is bad".
+
+    Matched by class name along the MRO so this service needs no Redis/ClickHouse import;
+    the composition root may pass a sharper predicate.
+    """
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return True
+    if classify(exc) is ErrorClass.UNAVAILABLE:
+        return True
+    return any(cls.__name__ in _UNAVAILABLE_NAMES for cls in type(exc).__mro__)
+
+
+@dataclass(slots=True)
+class IngressStats:
+    """Counters for metrics; ``paused`` is True while a store is unavailable."""
+
+    consumed: int = 0
+    scheduled: int = 0
+    duplicates: int = 0
+    cancelled: int = 0
+    cancel_missed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    pauses: int = 0
+    paused: bool = False
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (for ``get_stats`` and the metrics helper)."""
+        return asdict(self)
+
+
+class _StoreUnavailable(Exception):
+    pass
+
+
+class DelayedEventsConsumer:
+    """Runs the ingress loop in one task. ``start()``/``stop()`` or ``async with``."""
+
+    def __init__(
+        self,
+        scheduler: SchedulerApi,
+        source: MessageSource,
+        *,
+        clock: Clock | None = None,
+        batch_size: int = 500,
+        poll_timeout: float = 0.1,
+        retry_initial: float = 0.1,
+        retry_max: float = 5.0,
+        stop_timeout: float = 10.0,
+        unavailable: Callable[[BaseException], bool] = is_unavailable,
+        on_dead_letter: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_dead_letter`` is called with each dead letter's reason code (a metrics label)."""
+        self._scheduler = scheduler
+        self._source = source
+        self._clock: Clock = clock or SystemClock()
+        self._batch_size = batch_size
+        self._poll_timeout = poll_timeout
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._stop_timeout = stop_timeout
+        self._unavailable = unavailable
+        self._on_dead_letter = on_dead_letter
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._held: list[DelayedMessage] = []
+        self.stats = IngressStats()
+
+    async def start(self) -> None:
+        """Join the consumer group and start consuming in the background."""
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        await self._source.start()
+        self._task = asyncio.create_task(self._run(), name="delayline-ingress")
+
+    async def stop(self) -> None:
+        """Finish and commit the batch in hand, then leave the group (idempotent)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        task, self._task = self._task, None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._stop_timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await self._source.stop()
+
+    async def __aenter__(self) -> DelayedEventsConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                if await self._step():
+                    attempt = 0
+                    continue
+            except Exception as exc:  # the loop must survive anything; log and back off
+                log.exception("delayed-events consumer step failed")
+                self.stats.last_error = repr(exc)
+            attempt += 1
+            delay = min(self._retry_max, self._retry_initial * 2 ** min(attempt, 20))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _step(self) -> bool:
+        """One poll-and-process round; False when a held batch is still waiting for a store."""
+        polled = list(await self._source.poll(self._batch_size, self._poll_timeout))
+        revoked = self._source.take_revoked()
+        if self._held:
+            self._held.extend(polled)
+        else:
+            self.stats.consumed += len(polled)
+            self._held = polled
+        if revoked:  # another member owns them now and resumes from their committed offsets
+            self._held = [m for m in self._held if (m.topic, m.partition) not in revoked]
+        if not self._held:
+            await self._set_paused(False)
+            return True
+        try:
+            await self._process(self._held)
+        except _StoreUnavailable as exc:
+            self.stats.last_error = str(exc.__cause__ or exc)
+            log.warning("store unavailable, pausing consumption: %s", self.stats.last_error)
+            await self._set_paused(True)
+            return False
+        self._held = []
+        await self._set_paused(False)
+        return True
+
+    async def _set_paused(self, paused: bool) -> None:
+        if paused != self.stats.paused:
+            await (self._source.pause() if paused else self._source.resume())
+            self.stats.paused = paused
+            self.stats.pauses += paused
+
+    async def _process(self, batch: Sequence[DelayedMessage]) -> None:
+        now = self._clock.now()
+        rejects: list[tuple[DelayedMessage, str]] = []
+        group: list[tuple[DelayedMessage, Any]] = []
+        for msg in batch:
+            try:
+                decision = parse(msg, self._scheduler.build_event, now)
+            except Exception as exc:  # a parser bug must not stop the consumer either
+                log.exception("unexpected error parsing %s:%d@%d", msg.topic, msg.partition,
+                              msg.offset)  # fmt: skip
+                decision = Reject(f"internal_error: {exc!r}")
+            if isinstance(decision, Schedule):
+                group.append((msg, decision.event))
+            elif isinstance(decision, Cancel):
+                await self._schedule(group, rejects)  # keep the order of schedule and cancel
+                group = []
+                await self._cancel(msg, decision.schedule_id, rejects)
+            else:
+                rejects.append((msg, decision.reason))
+        await self._schedule(group, rejects)
+        if rejects:
+            try:
+                await self._source.dead_letter(rejects)
+            except Exception as exc:
+                raise _StoreUnavailable(f"dead-letter topic: {exc}") from exc
+            self.stats.dead_lettered += len(rejects)
+            for msg, reason in rejects:
+                code = reason.split(":", 1)[0]
+                counts = self.stats.dead_letter_reasons
+                counts[code] = counts.get(code, 0) + 1
+                if self._on_dead_letter is not None:
+                    self._on_dead_letter(code)
+                log.warning("dead-lettered %s:%d@%d: %s", msg.topic, msg.partition, msg.offset,
+                            reason)  # fmt: skip
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in batch:
+            key = (msg.topic, msg.partition)
+            offsets[key] = max(offsets.get(key, 0), msg.offset + 1)
+        self.stats.batches += 1
+        try:
+            await self._source.commit(offsets)
+        except Exception as exc:  # redelivery is harmless: schedule ids are deterministic
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (messages will be redelivered): %s", exc)
+
+    async def _schedule(
+        self, group: list[tuple[DelayedMessage, Any]], rejects: list[tuple[DelayedMessage, str]]
+    ) -> None:
+        if not group:
+            return
+        try:
+            results = await self._scheduler.schedule_events([ev for _, ev in group])
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise _StoreUnavailable(str(exc)) from exc
+            # The store refused the batch: find the event it refuses so the others are kept.
+            results = []
+            for msg, event in group:
+                try:
+                    results += await self._scheduler.schedule_events([event])
+                except Exception as one:
+                    if self._unavailable(one):
+                        raise _StoreUnavailable(str(one)) from one
+                    rejects.append((msg, f"store_rejected: {one}"))
+        inserted = sum(1 for r in results if r)
+        self.stats.scheduled += inserted
+        self.stats.duplicates += len(results) - inserted
+
+    async def _cancel(
+        self, msg: DelayedMessage, schedule_id: str, rejects: list[tuple[DelayedMessage, str]]
+    ) -> None:
+        try:
+            done = await self._scheduler.cancel_event(schedule_id)
+        except InvalidEventError as exc:
+            rejects.append((msg, f"invalid_event: {exc}"))
+            return
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise _StoreUnavailable(str(exc)) from exc
+            rejects.append((msg, f"store_rejected: {exc}"))
+            return
+        if done:
+            self.stats.cancelled += 1
+        else:
+            self.stats.cancel_missed += 1
