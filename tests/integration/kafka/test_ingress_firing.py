@@ -1,0 +1,126 @@
+"""End to end: publish_with_delay and each message form → consumer → Redis → dispatcher → topic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from delayline.adapters.embedded import EmbeddedTansu
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.clock import SystemClock
+from delayline.domain.events import EventStatus
+from delayline.domain.outcomes import ExecutionResult
+from delayline.events_client import get_event_bus
+from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from tests.integration.kafka.conftest import Ingress, until
+from tests.support import TopicReader
+
+
+class _Sink:
+    def record(self, result: ExecutionResult) -> None:
+        pass
+
+
+@dataclass
+class Firing:
+    ingress: Ingress
+    target: str
+    reader: TopicReader
+
+
+@pytest.fixture
+async def firing(
+    ingress: Ingress, store: RedisNearTermStore, broker: EmbeddedTansu, unique: str
+) -> AsyncIterator[Firing]:
+    target = f"fired-{unique}"
+    reader = TopicReader(broker.bootstrap_servers, target)
+    publisher = KafkaEventPublisher(
+        producer_config(broker.bootstrap_servers, linger_ms=0, lease_seconds=30, extra={})
+    )
+    await publisher.start()
+    dispatcher = Dispatcher(
+        store, publisher, _Sink(), SystemClock(), DispatcherConfig(max_sleep_seconds=5, node_id="t")
+    )
+    task = asyncio.create_task(dispatcher.run())
+    await ingress.consumer().start()
+    yield Firing(ingress, target, reader)
+    dispatcher.stop()
+    await task
+    await publisher.stop()
+    reader.close()
+
+
+async def test_publish_with_delay_round_trip(firing: Firing, store: RedisNearTermStore) -> None:
+    bus = get_event_bus(firing.ingress.bootstrap, firing.ingress.topic)
+    try:
+        later = await bus.publish_with_delay(
+            topic=firing.target,
+            entity_type="user",
+            action="send_reminder",
+            body={"user_id": 123},
+            delay_seconds=1800,
+            correlation_id="reminder-123",
+            priority=1,
+        )
+        soon = await bus.publish_with_delay(
+            topic=firing.target,
+            entity_type="user",
+            action="ping",
+            body="now",
+            delay_seconds=0.5,
+            correlation_id="c-1",
+            headers={"origin": "test"},
+            schedule_id="given-id",
+        )
+    finally:
+        await bus.close()
+    assert soon == "given-id"
+    [msg] = await asyncio.to_thread(firing.reader.read, 1, 30)
+    assert (msg.key, msg.value) == (b"c-1", b"now")
+    assert msg.header("x-schedule-id") == "given-id"
+    assert (msg.header("x-action"), msg.header("origin")) == ("ping", "test")
+
+    async def stored() -> bool:
+        return await store.get(later) is not None
+
+    await until(stored)
+    event = await store.get(later)
+    assert event is not None
+    assert event.status is EventStatus.PENDING
+    assert (event.topic, event.action, event.priority) == (firing.target, "send_reminder", 1)
+    assert orjson.loads(event.body) == {"user_id": 123}
+    assert event.correlation_id == "reminder-123"
+
+
+async def test_each_form_fires(firing: Firing) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=0.5)
+    target = firing.target.encode()
+    firing.ingress.produce(
+        (b"k-native", b"native", [("x-topic", target), ("x-delay-seconds", b"0.5")]),
+        (
+            None,
+            orjson.dumps({"topic": firing.target, "body": "envelope", "scheduled_at": soon}),
+            [("content-type", b"application/vnd.delayline.envelope+json")],
+        ),
+        (
+            b"etf1-id",
+            b"etf1",
+            [
+                ("scheduler-epoch", str(int(soon.timestamp())).encode()),
+                ("scheduler-target-topic", target),
+                ("scheduler-target-key", b"tk"),
+            ],
+        ),
+    )
+    fired = await asyncio.to_thread(firing.reader.read, 3, 30)
+    by_value = {m.value: m for m in fired}
+    assert set(by_value) == {b"native", b"envelope", b"etf1"}
+    assert by_value[b"native"].key == b"k-native"
+    assert by_value[b"etf1"].key == b"tk"
+    assert by_value[b"etf1"].header("x-schedule-id") == "etf1-id"
