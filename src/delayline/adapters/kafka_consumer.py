@@ -34,6 +34,7 @@ from delayline.events_client import (
     H_DLQ_SOURCE_PARTITION,
     H_DLQ_SOURCE_TOPIC,
 )
+from delayline.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -123,6 +124,19 @@ class KafkaDelayedSource:
         self._lock = threading.Lock()
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bootstrap_servers: str) -> KafkaDelayedSource:
+        """The source configured by ``SCHEDULES_KAFKA_*`` (``bootstrap_servers`` resolved by the
+        composition root, which may have started the embedded broker)."""
+        return cls(
+            bootstrap_servers=bootstrap_servers,
+            topic=settings.kafka_delayed_topic_name,
+            group_id=settings.kafka_consumer_group,
+            dead_letter_topic=settings.kafka_dead_letter_topic_name,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            client_options=settings.kafka_client_options,
+        )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
