@@ -1,0 +1,289 @@
+"""Analytics: execution results recorded off the firing path, and the metrics read back.
+
+``AnalyticsRecorder`` is the dispatcher's :class:`~delayline.ports.OutcomeSink`. ``record()``
+only appends to an in-memory buffer; a background task writes the buffer to the analytics
+store in batches of ``ANALYTICS_BATCH_SIZE`` (as soon as a batch is full) or every flush
+interval (whatever is there). A slow or failing ClickHouse therefore never delays firing: it
+only makes the buffer wait, and beyond its bound the oldest results are dropped and counted.
+
+What a crash can lose: the results recorded but not yet written. While ClickHouse keeps up,
+that is at most one unflushed batch: a full batch is handed to ClickHouse at once and a partial
+one within the flush interval (plus, if the crash hits during an insert that ClickHouse had not
+yet committed, that batch). While ClickHouse is slow or down, results wait in the buffer, up to
+``max_buffered`` (default ``BUFFER_BATCHES`` batches, so a dispatcher's burst is never dropped);
+beyond that the oldest are dropped and counted in ``dropped``, and a crash loses what waits.
+Pass ``max_buffered=batch_size`` to cap the loss at one batch at the price of dropping during
+bursts and outages. A clean ``stop()`` writes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, Protocol
+
+from delayline.domain.outcomes import ExecutionResult
+
+log = logging.getLogger(__name__)
+
+Granularity = Literal["hour", "day"]
+
+BUFFER_BATCHES = 10
+"""Default buffer bound, in batches: room for bursts and short outages."""
+
+
+class ResultWriter(Protocol):
+    """Where batches of execution results go (``ClickHouseAnalyticsStore``)."""
+
+    async def write_results(self, results: Sequence[ExecutionResult]) -> None:
+        """Write one batch; raise if it was not written."""
+        ...
+
+
+class AnalyticsQueries(Protocol):
+    """The read side of the analytics store (``ClickHouseAnalyticsStore``)."""
+
+    async def verify_schema(self) -> None:
+        """Raise unless the analytics tables exist."""
+        ...
+
+    async def performance(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        entity_type: str | None = None,
+        action: str | None = None,
+        topic: str | None = None,
+        granularity: Granularity = "hour",
+    ) -> list[dict[str, Any]]:
+        """Metrics per hour or day and (entity_type, action, topic)."""
+        ...
+
+    async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
+        """Totals, success rate, lateness percentiles, top failing pairs."""
+        ...
+
+
+class AnalyticsRecorder:
+    """Buffers execution results and writes them in batches from a background task.
+
+    Call ``record()`` from the event loop's thread. It never blocks and never raises.
+    """
+
+    def __init__(
+        self,
+        writer: ResultWriter,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        enabled: bool = True,
+        max_buffered: int | None = None,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        write_timeout: float = 30.0,
+    ) -> None:
+        if batch_size <= 0 or flush_interval <= 0:
+            raise ValueError("batch_size and flush_interval must be positive")
+        self._writer = writer
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self.enabled = enabled
+        self._max_buffered = max(max_buffered or BUFFER_BATCHES * batch_size, 1)
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._write_timeout = write_timeout
+        self._buffer: deque[ExecutionResult] = deque()
+        self._full = asyncio.Event()  # a whole batch is waiting
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()  # one write at a time keeps the buffer in order
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        """Results written so far."""
+        self.dropped = 0
+        """Results dropped: the buffer was full, or the final write at stop failed."""
+        self.failed_writes = 0
+        """Batches whose write failed (and were kept for a retry)."""
+        self.last_error: BaseException | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Results waiting to be written."""
+        return len(self._buffer)
+
+    def record(self, result: ExecutionResult) -> None:
+        """Take one result; it is written within a batch or a flush interval."""
+        if not self.enabled:
+            return
+        self._buffer.append(result)
+        if len(self._buffer) > self._max_buffered:
+            self._buffer.popleft()
+            self.dropped += 1
+        if len(self._buffer) >= self._batch_size:
+            self._full.set()
+
+    async def start(self) -> None:
+        """Start the background writer (nothing when disabled)."""
+        if not self.enabled or self._task is not None:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="analytics-recorder")
+
+    async def stop(self) -> None:
+        """Stop the writer and write what is left (once; a failure drops it). Idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        self._full.set()
+        await task
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.warning("analytics: %d results lost at stop: %r", len(self._buffer), exc)
+            self.dropped += len(self._buffer)
+            self._buffer.clear()
+
+    async def flush(self) -> int:
+        """Write everything buffered now; returns how many. On failure the results stay
+        buffered and the error is raised."""
+        written = 0
+        while self._buffer:
+            written += await self._write_batch()
+        return written
+
+    async def __aenter__(self) -> AnalyticsRecorder:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._full.wait(), self._interval)
+                whole_batches_only = True  # woken by size: leave a partial tail for later
+            except TimeoutError:
+                whole_batches_only = False
+            self._full.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                while self._buffer and (
+                    not whole_batches_only or len(self._buffer) >= self._batch_size
+                ):
+                    await self._write_batch()
+                failures = 0
+            except Exception as exc:
+                # Not a library retry: the batch stays in the buffer (newer results keep
+                # arriving behind it, the oldest dropped beyond the bound) and is retried
+                # after a growing pause that stop() interrupts.
+                failures += 1
+                pause = min(self._retry_initial * 2 ** (failures - 1), self._retry_max)
+                log.warning("analytics: write failed (%r); retrying in %.1fs", exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+
+    async def _write_batch(self) -> int:
+        async with self._lock:
+            count = min(len(self._buffer), self._batch_size)
+            batch = [self._buffer.popleft() for _ in range(count)]
+            try:
+                await asyncio.wait_for(self._writer.write_results(batch), self._write_timeout)
+            except BaseException as exc:
+                self._restore(batch)
+                if isinstance(exc, Exception):
+                    self.failed_writes += 1
+                    self.last_error = exc
+                raise
+            self.written += count
+            return count
+
+    def _restore(self, batch: list[ExecutionResult]) -> None:
+        """Put a failed batch back in front, dropping the oldest beyond the bound."""
+        self._buffer.extendleft(reversed(batch))
+        while len(self._buffer) > self._max_buffered:
+            self._buffer.popleft()
+            self.dropped += 1
+
+
+class ScheduleAnalyticsService:
+    """The spec's analytics service: performance metrics and a summary over a time range.
+
+    With ``enabled=False`` it touches nothing: ``initialize()`` does not check the schema and
+    the reads return empty results.
+    """
+
+    def __init__(
+        self,
+        queries: AnalyticsQueries,
+        *,
+        recorder: AnalyticsRecorder | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self._queries = queries
+        self.recorder = recorder
+        self.enabled = enabled
+
+    async def initialize(self) -> None:
+        """Check the analytics tables exist and start the recorder (when enabled)."""
+        if not self.enabled:
+            return
+        await self._queries.verify_schema()
+        if self.recorder is not None:
+            await self.recorder.start()
+
+    async def close(self) -> None:
+        """Stop the recorder, writing what it still holds."""
+        if self.recorder is not None:
+            await self.recorder.stop()
+
+    async def get_performance_metrics(
+        self,
+        start_date: datetime,
+        end_date: datetime,
+        entity_type: str | None = None,
+        action: str | None = None,
+        topic: str | None = None,
+        granularity: Granularity = "hour",
+    ) -> list[dict[str, Any]]:
+        """The spec's ``schedule_performance_metrics`` rows per hour or per UTC day between
+        ``start_date`` (rounded down to the hour) and ``end_date`` (exclusive)."""
+        _check_range(start_date, end_date)
+        if not self.enabled:
+            return []
+        return await self._queries.performance(
+            start_date,
+            end_date,
+            entity_type=entity_type,
+            action=action,
+            topic=topic,
+            granularity=granularity,
+        )
+
+    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
+        """Totals, success rate, lateness percentiles and the top failing entity types and
+        actions between ``start_date`` and ``end_date``."""
+        _check_range(start_date, end_date)
+        if not self.enabled:
+            return {"enabled": False, "start": start_date, "end": end_date}
+        return {"enabled": True, **await self._queries.summary(start_date, end_date)}
+
+
+def _check_range(start: datetime, end: datetime) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start_date and end_date must be time-zone aware")
+    if end <= start:
+        raise ValueError("end_date must be after start_date")
