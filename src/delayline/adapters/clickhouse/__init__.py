@@ -1,0 +1,1 @@
+"""ClickHouse adapters: client, migrations, long-term tier (embedded chDB or a server)."""

@@ -1,0 +1,144 @@
+"""Versioned, idempotent schema migrations, recorded in ``schema_migrations``.
+
+A migration is ``(version, name, statements)``. Versions 1–99 are the scheduling tables (here),
+100 and up the analytics tables (``analytics_schema.ANALYTICS_MIGRATIONS``). Statements are
+formatted with ``str.format(db=…, ttl_days=…)``, so they contain no other braces. Every
+statement is itself idempotent (``IF NOT EXISTS``), so two nodes migrating at once, or a run
+killed between a statement and its record, converge on the same schema when run again.
+
+Why ``event_schedules`` looks like this (measured on chDB 26.9, 2 cores, 1M rows):
+
+* Status changes and reschedules are new-version rows in a ``ReplacingMergeTree(version)``:
+  ``ALTER … UPDATE`` took seconds and cannot touch a sort-key column. ``version`` is a logical
+  per-event counter rather than ``updated_at``: user actions write ``current + 2`` and the
+  sync's ``queued`` writes ``read + 1``, so a cancel always beats a concurrent ``queued`` no
+  matter how the nodes' clocks disagree (see ``long_term_store``).
+* Sort key ``schedule_id`` alone: it never changes for an event, so every version of an event
+  collapses, and a point lookup reads one granule. A key starting with the due time would put
+  a rescheduled event's versions under different keys, where they never replace each other.
+* Partitions by ``toYYYYMM(created_at)``, which every version copies unchanged: all versions of
+  an event share a partition, so ``FINAL`` may skip merging across partitions
+  (``do_not_merge_across_partitions_select_final``), measured 42–50 ms instead of 62–79 ms
+  for the next 1000 due of 1M rows; ``argMax`` per ``GROUP BY schedule_id`` took 220–250 ms.
+* TTL: a version row expires ``ttl_days`` after its ``retain_from``, a time carried forward
+  as the maximum over the event's versions of their ``scheduled_at`` and ``updated_at``. It
+  never decreases from one version to the next, so a newer row (a ``cancelled`` one) never
+  expires before an older one (its ``pending`` one), which would revive the event. Finished
+  events are deleted whole by ``ClickHouseLongTermStore.cleanup`` first; the TTL is a backstop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from delayline.domain.events import EventStatus
+
+MIGRATIONS_TABLE = "schema_migrations"
+EVENTS_TABLE = "event_schedules"
+
+Migration = tuple[int, str, list[str]]
+
+STATUS_ENUM = "Enum8({})".format(
+    ", ".join(f"'{status.value}' = {n}" for n, status in enumerate(EventStatus, start=1))
+)
+"""The ``status`` column type: every :class:`EventStatus`, numbered in declaration order."""
+
+_EVENTS = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.{EVENTS_TABLE} (
+    schedule_id String,
+    topic LowCardinality(String),
+    entity_type LowCardinality(String),
+    action LowCardinality(String),
+    body String CODEC(ZSTD(1)),
+    correlation_id String,
+    headers String,
+    scheduled_at DateTime64(6, 'UTC'),
+    max_delay_seconds UInt32 DEFAULT 86400,
+    priority Int32 DEFAULT 0,
+    status {STATUS_ENUM},
+    created_at DateTime64(6, 'UTC'),
+    updated_at DateTime64(6, 'UTC'),
+    attempts UInt32 DEFAULT 0,
+    last_error String DEFAULT '',
+    version UInt64,
+    retain_from DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(created_at)
+ORDER BY schedule_id
+TTL toDateTime(retain_from) + INTERVAL {{ttl_days}} DAY
+"""
+
+CORE_MIGRATIONS: list[Migration] = [
+    (1, "event_schedules: versioned schedule rows", [_EVENTS.strip()]),
+]
+
+
+class _Client(Protocol):
+    database: str
+
+    async def query(self, sql: str, parameters: Any = None) -> Any: ...
+
+    async def command(self, sql: str, parameters: Any = None) -> Any: ...
+
+
+def all_migrations() -> list[Migration]:
+    """Core migrations plus the analytics ones (when that module exists), sorted by version."""
+    migrations = list(CORE_MIGRATIONS)
+    try:
+        from delayline.adapters.clickhouse.analytics_schema import ANALYTICS_MIGRATIONS
+    except ImportError:  # analytics not installed in this build
+        pass
+    else:
+        migrations.extend(ANALYTICS_MIGRATIONS)
+    versions = [m[0] for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {sorted(versions)}")
+    return sorted(migrations, key=lambda m: m[0])
+
+
+async def applied_versions(client: _Client) -> set[int]:
+    """Versions recorded in ``schema_migrations`` (creating that table if needed)."""
+    db = client.database
+    await client.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATIONS_TABLE} "
+        "(version UInt32, name String, applied_at DateTime64(6, 'UTC')) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    rows = await client.query(f"SELECT DISTINCT version FROM {db}.{MIGRATIONS_TABLE}")
+    return {int(row[0]) for row in rows}
+
+
+async def run_migrations(
+    client: _Client,
+    *,
+    ttl_days: int,
+    progress: Callable[[str], None] | None = None,
+    migrations: list[Migration] | None = None,
+) -> list[str]:
+    """Apply every migration not yet recorded, in version order; the names applied.
+
+    Running it again applies nothing. ``progress`` receives one line per step.
+    """
+    say = progress or (lambda _line: None)
+    db = client.database
+    done = await applied_versions(client)
+    todo = [m for m in (migrations if migrations is not None else all_migrations())]
+    todo = [m for m in sorted(todo, key=lambda m: m[0]) if m[0] not in done]
+    if not todo:
+        say(f"database {db}: schema is up to date")
+        return []
+    applied: list[str] = []
+    for version, name, statements in todo:
+        say(f"database {db}: applying {version:03d} {name}")
+        for statement in statements:
+            await client.command(statement.format(db=db, ttl_days=int(ttl_days)))
+        await client.command(
+            f"INSERT INTO {db}.{MIGRATIONS_TABLE} (version, name, applied_at) "
+            "VALUES ({v:UInt32}, {n:String}, now64(6, 'UTC'))",
+            {"v": version, "n": name},
+        )
+        applied.append(name)
+    say(f"database {db}: applied {len(applied)} migration(s)")
+    return applied
