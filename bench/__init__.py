@@ -1,0 +1,1 @@
+"""Delayline's benchmark suite (``python -m bench``; see BENCHMARKS.md)."""

@@ -1,0 +1,142 @@
+"""Run the benchmark suite: ``python -m bench [--quick] [--only NAME ...] [--out-dir DIR]``.
+
+Starts its own embedded Valkey and Tansu, runs the scenarios in order, prints a table and writes
+``latest.json`` (``quick.json`` with ``--quick``) and PNG plots to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import firing, memory, plots, precision, scheduling
+from bench.common import Servers, servers
+from bench.report import print_table
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+FULL: dict[str, Any] = {
+    "scheduling": {"n": 200_000, "chunks": (1000, 5000)},
+    "firing": {"n": 200_000, "batches": (100, 500, 1000)},
+    "precision": {"rate": 2000, "duration": 60.0, "variants": True},
+    "memory": {"n": 200_000, "n_rss": 1_000_000},
+    "longterm": {"n_insert": 1_000_000, "n_total": 1_000_000, "n_due": 100_000},
+}
+QUICK: dict[str, Any] = {
+    "scheduling": {"n": 5_000, "chunks": (1000,)},
+    "firing": {"n": 5_000, "batches": (100, 1000)},
+    "precision": {"rate": 300, "duration": 3.0, "variants": False},
+    "memory": {"n": 5_000, "n_rss": 10_000},
+    "longterm": {"n_insert": 5_000, "n_total": 5_000, "n_due": 1_000},
+}
+SCENARIOS = tuple(FULL)
+
+
+def _machine() -> dict[str, Any]:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(
+                cmd, shell=True, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": sh("lscpu | grep 'Model name' | sed 's/.*: *//'"),
+        "memory": sh("free -h | awk '/Mem:/ {print $2}'"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": sh("git rev-parse --short HEAD"),
+    }
+
+
+def _scenario_runners(
+    srv: Servers, sizes: dict[str, Any]
+) -> dict[str, Callable[[], Awaitable[Any]]]:
+    url, boot = srv.redis_url, srv.bootstrap
+    s, f, p, m = sizes["scheduling"], sizes["firing"], sizes["precision"], sizes["memory"]
+
+    chdb_dir = srv.workdir / "chdb"
+    chdb_dir.mkdir(parents=True, exist_ok=True)
+    chdb_dsn = f"chdb://{chdb_dir.resolve().as_posix()}"
+
+    async def longterm() -> Any:
+        try:  # optional: needs the ClickHouse tier, which may not be there yet
+            from bench import longterm as lt
+        except ImportError as exc:
+            return {"skipped": f"ClickHouse tier unavailable: {exc}"}
+        return await lt.run(url, chdb_dsn, **sizes["longterm"])
+
+    return {
+        "scheduling": lambda: scheduling.run(url, s["n"], s["chunks"]),
+        "firing": lambda: firing.run(url, boot, f["n"], f["batches"]),
+        "precision": lambda: precision.run(url, boot, **p),
+        "memory": lambda: memory.run(url, srv.valkey.pid, m["n"], m["n_rss"]),
+        "longterm": longterm,
+    }
+
+
+async def _run(only: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with servers() as srv:
+        runners = _scenario_runners(srv, sizes)
+        for name in only:
+            print(f"→ {name} …", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            load_before = os.getloadavg()[0]
+            try:
+                results[name] = await runners[name]()
+            except Exception as exc:  # one broken scenario must not hide the others
+                logging.exception("scenario %s failed", name)
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            results[name]["wall_s"] = time.perf_counter() - t0
+            # the machine is shared: the load average says how much of it the run really had
+            results[name]["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (1 when a scenario failed)."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    only = args.only or list(SCENARIOS)
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    results = asyncio.run(_run(only, sizes))
+    doc = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": _machine(),
+        "total_wall_s": time.perf_counter() - started,
+        "results": results,
+    }
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "latest"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if "precision" in results and "runs" in results["precision"]:
+        plots.lateness_cdf(results["precision"], out / f"{stem}-lateness-cdf.png")
+    if any("runs" in results.get(k, {}) for k in ("firing", "scheduling")):
+        plots.throughput(results, out / f"{stem}-throughput.png")
+    print_table(doc)
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
