@@ -1,0 +1,260 @@
+"""The FastAPI application: routes, API-key auth, JSON errors, body limit and HTTP metrics.
+
+Every error is a JSON body ``{"error": ..., "field": ...}``: bad input gets a 4xx saying what is
+wrong, an unavailable store gets 503 with ``Retry-After``; a 500 means a bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError
+from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, monitoring_router
+from delayline.api.routes_schedules import schedules_router
+from delayline.api.schemas import ApiError
+from delayline.domain.events import InvalidEventError
+from delayline.metrics import Metrics
+from delayline.ports import SchedulerApi
+
+__all__ = ["AnalyticsQueries", "HealthCheck", "create_app"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+RETRY_AFTER_SECONDS = 5
+UNMATCHED_ROUTE = "unmatched"
+
+
+def create_app(
+    service: SchedulerApi,
+    *,
+    analytics: AnalyticsQueries | None,
+    health: HealthCheck,
+    metrics: Metrics,
+    api_keys: Sequence[str],
+    open_health: bool = True,
+    open_metrics: bool = True,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> FastAPI:
+    """The HTTP API over ``service``.
+
+    ``api_keys`` empty: no authentication. Otherwise every endpoint needs one of the keys except
+    health and metrics when ``open_health``/``open_metrics``. ``analytics`` None: the analytics
+    endpoints answer 404 (analytics disabled). Requests over ``max_request_bytes`` get 413.
+    """
+    app = FastAPI(
+        title="Delayline",
+        summary="Hybrid delayed-event scheduler: schedule, inspect and monitor events.",
+        version="0.1.0",
+    )
+    auth = ApiKeyAuth(api_keys, metrics)
+    guard = [Depends(auth)] if auth.enabled else []
+    # Monitoring first: the schedules router's /{schedule_id} matches any path below it.
+    app.include_router(
+        monitoring_router(
+            service,
+            analytics=analytics,
+            health=health,
+            metrics=metrics,
+            auth=guard,
+            open_health=open_health,
+            open_metrics=open_metrics,
+        )
+    )
+    app.include_router(schedules_router(service, guard))
+    _install_error_handlers(app)
+    # Added last = outermost: requests refused by the body limit are counted too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _error(
+    status: int,
+    error: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    return JSONResponse({"error": error, "field": field, **extra}, status, headers=headers)
+
+
+def _unavailable_types() -> tuple[type[Exception], ...]:
+    # OSError covers ConnectionError and TimeoutError; DependencyUnavailable is what the service
+    # raises for a store behind an open breaker (looked up at runtime: optional module).
+    types: list[type[Exception]] = [OSError]
+    try:
+        errors = importlib.import_module("delayline.errors")
+    except ImportError:
+        return tuple(types)
+    extra = getattr(errors, "DependencyUnavailable", None)
+    if isinstance(extra, type) and issubclass(extra, Exception):
+        types.append(extra)
+    return tuple(types)
+
+
+def _field(loc: Sequence[int | str]) -> str | None:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    # The tags of the one-event-or-batch union are not part of the client's document.
+    if parts and parts[0] in {"event", "batch"}:
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status_code, exc.error, exc.field, exc.headers)
+
+    async def invalid_event(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidEventError)
+        return _error(422, str(exc), exc.field)
+
+    async def unauthenticated(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthenticationError)
+        return _error(401, exc.message, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details: list[dict[str, str | None]] = []
+        for err in exc.errors():
+            field = _field(err.get("loc", ()))
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+            if err.get("type") == "json_invalid":
+                message = f"invalid JSON: {err.get('ctx', {}).get('error', 'cannot parse')}"
+                field = None
+            details.append({"field": field, "message": message})
+        first = details[0] if details else {"field": None, "message": "invalid request"}
+        field, message = first["field"], str(first["message"])
+        return _error(422, f"{field}: {message}" if field else message, field, details=details)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return _error(
+            exc.status_code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None
+        )
+
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        dependency = getattr(exc, "dependency", None)
+        log.warning("dependency unavailable (%s): %s", dependency, type(exc).__name__)
+        what = f"{dependency} is" if isinstance(dependency, str) else "a storage dependency is"
+        return _error(
+            503,
+            f"{what} unavailable; retry later",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return _error(500, "internal error")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(InvalidEventError, invalid_event)
+    app.add_exception_handler(AuthenticationError, unauthenticated)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
+    for exc_type in _unavailable_types():
+        app.add_exception_handler(exc_type, unavailable)
+    app.add_exception_handler(Exception, internal)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to a request body over ``max_bytes`` (declared or streamed) before parsing."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self._too_large = (
+            b'{"error":"request body is larger than ' + str(max_bytes).encode() + b' bytes"}'
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _send_json(send, 413, self._too_large)
+                return
+        # Read the whole body (bounded) so a chunked upload cannot exceed the limit either.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await _send_json(send, 413, self._too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class HttpMetricsMiddleware:
+    """Count requests and their duration by route template (never the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path_format", None) or UNMATCHED_ROUTE
+            self.metrics.http_request(
+                template, scope["method"], status, time.perf_counter() - started
+            )

@@ -1,0 +1,213 @@
+"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``.
+
+Also defines the two small ports the HTTP API needs besides :class:`SchedulerApi`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import APIRouter, Query, Request, params
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
+
+from delayline.api.schemas import MAX_TEXT, ApiError, ErrorOut, Moved, Removed, to_utc
+from delayline.domain.events import utc_now
+from delayline.metrics import CONTENT_TYPE, Metrics
+from delayline.ports import SchedulerApi
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/schedules/monitoring"
+DEFAULT_WINDOW = timedelta(days=1)
+MAX_WINDOW = timedelta(days=400)
+Granularity = Literal["hour", "day"]
+
+
+class AnalyticsQueries(Protocol):
+    """The read side of the analytics service (``ScheduleAnalyticsService``)."""
+
+    async def get_performance_metrics(
+        self,
+        start_date: datetime,
+        end_date: datetime,
+        entity_type: str | None = None,
+        action: str | None = None,
+        topic: str | None = None,
+        granularity: Granularity = "hour",
+    ) -> list[dict[str, Any]]:
+        """Rows of the performance metrics, per hour or per day, in ``[start, end)``."""
+        ...
+
+    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
+        """Totals, success rate, lateness percentiles, top failing entity types/actions."""
+        ...
+
+
+class HealthCheck(Protocol):
+    """Each dependency's state (redis, clickhouse, kafka, each breaker) and ``serving``."""
+
+    async def check(self) -> dict[str, Any]:
+        """A JSON-ready report with at least ``serving: bool``."""
+        ...
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` made JSON-ready; NaN and infinities (ClickHouse's avg of nothing) become null."""
+    encoded = jsonable_encoder(value)
+    return _finite(encoded)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _only(request: Request, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ApiError(
+            422,
+            f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}",
+            field=unknown[0],
+        )
+
+
+def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    try:
+        end_utc = to_utc(end) if end is not None else utc_now()
+    except ValueError as exc:
+        raise ApiError(422, f"end_date: {exc}", field="end_date") from None
+    try:
+        start_utc = to_utc(start) if start is not None else end_utc - DEFAULT_WINDOW
+    except ValueError as exc:
+        raise ApiError(422, f"start_date: {exc}", field="start_date") from None
+    if start_utc >= end_utc:
+        raise ApiError(422, "start_date must be before end_date", field="start_date")
+    if end_utc - start_utc > MAX_WINDOW:
+        raise ApiError(422, f"the range is limited to {MAX_WINDOW.days} days", field="start_date")
+    return start_utc, end_utc
+
+
+_DATE_HELP = "ISO-8601 date-time (no offset means UTC)"
+StartDate = Annotated[datetime | None, Query(description=f"{_DATE_HELP}; default end - 1 day")]
+EndDate = Annotated[datetime | None, Query(description=f"{_DATE_HELP}; default now")]
+Filter = Annotated[str | None, Query(max_length=MAX_TEXT)]
+_SUMMARY_PARAMS = frozenset({"start_date", "end_date"})
+_PERF_PARAMS = _SUMMARY_PARAMS | {"entity_type", "action", "topic", "granularity"}
+
+
+def monitoring_router(
+    service: SchedulerApi,
+    *,
+    analytics: AnalyticsQueries | None,
+    health: HealthCheck,
+    metrics: Metrics,
+    auth: Sequence[params.Depends],
+    open_health: bool,
+    open_metrics: bool,
+) -> APIRouter:
+    """The monitoring routes; health and metrics skip ``auth`` when ``open_*`` is true."""
+    router = APIRouter(prefix=PREFIX, tags=["monitoring"])
+    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (401, 422, 503)}
+
+    @router.get(
+        "/health",
+        dependencies=[] if open_health else list(auth),
+        responses={503: {"description": "Not serving"}},
+        summary="Each dependency's state",
+    )
+    async def get_health() -> JSONResponse:
+        """200 while the service can serve, 503 when it cannot."""
+        try:
+            report = json_safe(await health.check())
+            serving = report.get("serving") is True
+        except Exception as exc:  # a health probe must answer, whatever broke
+            log.warning("health check failed: %s", type(exc).__name__)
+            report = {"serving": False, "error": f"health check failed: {type(exc).__name__}"}
+            serving = False
+        return JSONResponse(report, status_code=200 if serving else 503)
+
+    @router.get("/stats", dependencies=auth, responses=errors, summary="System statistics")
+    async def get_stats() -> JSONResponse:
+        """Pending per tier, counts per status, next due times, sync lag."""
+        return JSONResponse(json_safe(await service.get_stats()))
+
+    @router.post("/sync", dependencies=auth, responses=errors, summary="Run the sync now")
+    async def post_sync() -> Moved:
+        """Move the ClickHouse events due within the transfer horizon into Redis."""
+        return Moved(moved=await service.sync_clickhouse_to_redis())
+
+    @router.post("/cleanup", dependencies=auth, responses=errors, summary="Run the cleanup now")
+    async def post_cleanup() -> Removed:
+        """Remove finished schedules past their retention."""
+        return Removed(removed=await service.cleanup_old_schedules())
+
+    def _analytics() -> AnalyticsQueries:
+        if analytics is None:
+            raise ApiError(404, "analytics is disabled (SCHEDULES_ANALYTICS_ENABLED=false)")
+        return analytics
+
+    @router.get(
+        "/analytics/summary",
+        dependencies=auth,
+        responses={**errors, 404: {"model": ErrorOut}},
+        summary="Execution summary over a time range",
+    )
+    async def get_summary(
+        request: Request, start_date: StartDate = None, end_date: EndDate = None
+    ) -> JSONResponse:
+        """Totals, success rate, lateness percentiles, top failing entity types and actions."""
+        _only(request, _SUMMARY_PARAMS)
+        start, end = _window(start_date, end_date)
+        return JSONResponse(json_safe(await _analytics().get_summary(start, end)))
+
+    @router.get(
+        "/analytics/performance",
+        dependencies=auth,
+        responses={**errors, 404: {"model": ErrorOut}},
+        summary="Performance metrics per hour or day",
+    )
+    async def get_performance(
+        request: Request,
+        start_date: StartDate = None,
+        end_date: EndDate = None,
+        entity_type: Filter = None,
+        action: Filter = None,
+        topic: Filter = None,
+        granularity: Annotated[Granularity, Query()] = "hour",
+    ) -> JSONResponse:
+        """Counts, average and p50/p95/p99 lateness, average processing time, per period."""
+        _only(request, _PERF_PARAMS)
+        start, end = _window(start_date, end_date)
+        rows = await _analytics().get_performance_metrics(
+            start_date=start,
+            end_date=end,
+            entity_type=entity_type,
+            action=action,
+            topic=topic,
+            granularity=granularity,
+        )
+        return JSONResponse(json_safe(rows))
+
+    @router.get(
+        "/metrics",
+        dependencies=[] if open_metrics else list(auth),
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+        summary="Prometheus metrics",
+    )
+    async def get_metrics() -> Response:
+        """Every metric in the Prometheus text format 0.0.4."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router

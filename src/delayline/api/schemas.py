@@ -1,0 +1,240 @@
+"""Request and response bodies of the HTTP API (they are also its OpenAPI documentation).
+
+Request models forbid unknown fields and check types and ranges; the meaning of an event (topic
+name rules, reserved headers, body size…) is checked by ``SchedulerApi.build_event``, the one
+place every ingress shares.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
+
+MAX_BATCH_EVENTS = 10_000
+MAX_TEXT = 1024
+MAX_DELAY_SECONDS = 100 * 366 * 86400.0  # a century: keeps now + delay far from datetime.max
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+UINT32_MAX = 2**32 - 1
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,200}$"
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` as aware UTC (naive means UTC); ``ValueError`` when it cannot be represented."""
+    try:
+        out = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("date-time is out of range") from None
+    if not 1970 <= out.year <= 2999:
+        raise ValueError(f"{out.isoformat()} is outside the years 1970-2999")
+    return out
+
+
+def _json_body(value: Any) -> Any:
+    # One clear message instead of one error per member of the union.
+    if not isinstance(value, str | dict | list):
+        raise ValueError("must be a string, a JSON object or a JSON array")
+    return value
+
+
+# pydantic refuses lone surrogates ("\ud800") in str fields: no store could encode them.
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Timestamp = Annotated[datetime, AfterValidator(to_utc)]
+# Documented without "null": a due time is either given or left out (validation still accepts
+# null, which reads as "not given").
+OptionalTimestamp = Annotated[
+    Timestamp | None, WithJsonSchema({"type": "string", "format": "date-time"})
+]
+OptionalDelay = Annotated[
+    float | None,
+    Field(ge=0, le=MAX_DELAY_SECONDS),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS}),
+]
+JsonBody = Annotated[str | dict[str, Any] | list[Any], BeforeValidator(_json_body)]
+
+
+# The OpenAPI schema says what the validators check: exactly one of the two due times.
+_ONE_DUE_TIME: dict[str, Any] = {
+    "oneOf": [{"required": ["scheduled_at"]}, {"required": ["delay_seconds"]}]
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class EventIn(_Strict):
+    """One event to schedule: give ``scheduled_at`` or ``delay_seconds`` (not both)."""
+
+    topic: Annotated[str, Field(pattern=TOPIC_PATTERN, description="Kafka topic to publish to")]
+    entity_type: Text = ""
+    action: Text = ""
+    body: Annotated[
+        JsonBody, Field(description="Message value: a string as is, an object/array as JSON")
+    ] = ""
+    model_config = ConfigDict(json_schema_extra=_ONE_DUE_TIME)
+
+    scheduled_at: OptionalTimestamp = Field(
+        None, description="Due time, ISO-8601 (no offset means UTC); past times fire at once"
+    )
+    delay_seconds: OptionalDelay = Field(None, description="Due in this many seconds from now")
+    correlation_id: Text | None = None
+    headers: dict[str, Text] | None = None
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX, description="Higher fires first")
+    max_delay_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=UINT32_MAX,
+        description="Skip (do not publish) if it could only fire later than this past due",
+    )
+    schedule_id: str | None = Field(
+        None,
+        pattern=SCHEDULE_ID_PATTERN,
+        description="Caller-chosen id: scheduling the same id twice creates one event",
+    )
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> EventIn:
+        if self.scheduled_at is None and self.delay_seconds is None:
+            raise ValueError("give scheduled_at or delay_seconds")
+        if self.scheduled_at is not None and self.delay_seconds is not None:
+            raise ValueError("give scheduled_at or delay_seconds, not both")
+        return self
+
+
+class BatchIn(_Strict):
+    """Several events, scheduled in one request."""
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+def _kind(value: Any) -> str:
+    # An object with "events" is a batch; anything else is validated as one event.
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+ScheduleRequest = Annotated[
+    Annotated[EventIn, Tag("event")] | Annotated[BatchIn, Tag("batch")],
+    Discriminator(_kind),
+]
+
+
+class ScheduleResult(BaseModel):
+    """The outcome of scheduling one event."""
+
+    schedule_id: str
+    created: bool = Field(description="False when an event with this id already existed")
+    scheduled_at: datetime
+
+
+class BatchResult(BaseModel):
+    """The outcome of scheduling a batch, in request order."""
+
+    results: list[ScheduleResult]
+    created: int = Field(description="How many events were new")
+
+
+class RescheduleIn(_Strict):
+    """A new due time for a pending event: ``scheduled_at`` or ``delay_seconds``."""
+
+    model_config = ConfigDict(json_schema_extra=_ONE_DUE_TIME)
+
+    scheduled_at: OptionalTimestamp = None
+    delay_seconds: OptionalDelay = None
+
+    @model_validator(mode="after")
+    def _one_due_time(self) -> RescheduleIn:
+        if (self.scheduled_at is None) == (self.delay_seconds is None):
+            raise ValueError("give exactly one of scheduled_at or delay_seconds")
+        return self
+
+
+class EventOut(BaseModel):
+    """A scheduled event and its status."""
+
+    schedule_id: str
+    topic: str
+    entity_type: str
+    action: str
+    body: str
+    correlation_id: str
+    headers: dict[str, str]
+    scheduled_at: datetime
+    max_delay_seconds: int
+    priority: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    attempts: int
+    last_error: str | None
+
+
+class Cancelled(BaseModel):
+    """A cancelled event."""
+
+    schedule_id: str
+    cancelled: Literal[True] = True
+
+
+class Rescheduled(BaseModel):
+    """A rescheduled event."""
+
+    schedule_id: str
+    scheduled_at: datetime
+
+
+class Moved(BaseModel):
+    """Result of a manual sync."""
+
+    moved: int
+
+
+class Removed(BaseModel):
+    """Result of a manual cleanup."""
+
+    removed: int
+
+
+class ErrorDetail(BaseModel):
+    """One problem of a request."""
+
+    field: str | None
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: what is wrong, and where when it is one field."""
+
+    error: str
+    field: str | None = None
+    details: list[ErrorDetail] | None = None
+
+
+class ApiError(Exception):
+    """An error answered as :class:`ErrorOut` with ``status_code`` (raised by the routes)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.status_code = status_code
+        self.error = error
+        self.field = field
+        self.headers = headers

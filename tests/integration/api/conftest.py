@@ -1,0 +1,279 @@
+"""A real uvicorn server on a free port, in a background thread, serving ``create_app``.
+
+The scheduler behind it is :class:`StoreService`, a test double of ``SchedulerApi`` over the real
+``RedisNearTermStore`` (the lead swaps in ``SchedulerService`` later). The server's store uses its
+own Redis client (its event loop is the server thread's) under the same key prefix as the
+session's ``store`` fixture, so tests can check through ``store`` what the API really wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from delayline.adapters.embedded import EmbeddedValkey
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.api.app import create_app
+from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
+from delayline.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class StoreService:
+    """``SchedulerApi`` over one real Redis store; Redis outages surface as ``ConnectionError``
+    (what the real service's ``DependencyUnavailable`` stands for)."""
+
+    def __init__(self, store: RedisNearTermStore, *, max_body_bytes: int = 1024 * 1024) -> None:
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.syncs = 0
+        self.cleanups = 0
+
+    def build_event(self, **fields: Any) -> ScheduledEvent:
+        return new_event(max_body_bytes=self.max_body_bytes, **fields)
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        try:
+            return await op
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ConnectionError(f"redis: {type(exc).__name__}") from exc
+
+    async def schedule_events(self, events: Sequence[ScheduledEvent]) -> list[bool]:
+        return await self._call(self.store.schedule(events))
+
+    async def cancel_event(self, schedule_id: str) -> bool:
+        return await self._call(self.store.cancel(schedule_id))
+
+    async def reschedule_event(self, schedule_id: str, scheduled_at: datetime) -> bool:
+        return await self._call(self.store.reschedule(schedule_id, to_epoch_us(scheduled_at)))
+
+    async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
+        return await self._call(self.store.get(schedule_id))
+
+    async def get_stats(self) -> dict[str, Any]:
+        counts = await self._call(self.store.counts())
+        return {
+            "pending": counts["pending"],
+            "redis_pending": counts["pending"],
+            "clickhouse_pending": 0,
+            "counts": counts,
+            "next_due_us": await self._call(self.store.next_due_us()),
+            "sync_lag_seconds": float("nan"),  # the API must turn this into null
+        }
+
+    async def sync_clickhouse_to_redis(self) -> int:
+        self.syncs += 1
+        return 0
+
+    async def cleanup_old_schedules(self) -> int:
+        self.cleanups += 1
+        return 0
+
+
+@dataclass
+class StaticHealth:
+    """A ``HealthCheck`` whose report the test sets."""
+
+    report: dict[str, Any] = field(
+        default_factory=lambda: {
+            "serving": True,
+            "dependencies": {"redis": {"state": "up", "breaker": "closed"}},
+        }
+    )
+
+    error: Exception | None = None
+
+    async def check(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+
+@dataclass
+class FakeAnalytics:
+    """An ``AnalyticsQueries`` that records its calls and returns canned rows."""
+
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    async def get_performance_metrics(
+        self,
+        start_date: datetime,
+        end_date: datetime,
+        entity_type: str | None = None,
+        action: str | None = None,
+        topic: str | None = None,
+        granularity: str = "hour",
+    ) -> list[dict[str, Any]]:
+        self.calls.append(
+            (
+                "performance",
+                {
+                    "start_date": start_date,
+                    "end_date": end_date,
+                    "entity_type": entity_type,
+                    "action": action,
+                    "topic": topic,
+                    "granularity": granularity,
+                },
+            )
+        )
+        return self.rows
+
+    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
+        self.calls.append(("summary", {"start_date": start_date, "end_date": end_date}))
+        return {"total_executions": len(self.rows), "success_rate": float("nan")}
+
+
+class ApiServer:
+    """uvicorn serving ``app`` on a socket bound to a free loopback port, in its own thread."""
+
+    def __init__(self, app: FastAPI, on_close: Callable[[], Awaitable[None]]) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))  # bound here: no race for the port
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", ws="none", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._on_close = on_close
+        self._thread = threading.Thread(target=self._run, name=f"api-{self.port}", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            try:
+                await self._server.serve(sockets=[self._sock])
+            finally:
+                await self._on_close()
+
+        asyncio.run(main())
+
+    def start(self) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+        self._sock.close()
+        assert not self._thread.is_alive(), "the API server did not stop"
+
+
+@dataclass
+class Api:
+    """A running API: its URL, a client, and the objects behind it."""
+
+    server: ApiServer
+    service: StoreService
+    metrics: Metrics
+    health: StaticHealth
+    analytics: FakeAnalytics | None
+    client: httpx.Client
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+class ApiFactory(Protocol):
+    """Start an API server with these options (stopped after the test)."""
+
+    def __call__(
+        self,
+        *,
+        api_keys: Sequence[str] = (),
+        open_health: bool = True,
+        open_metrics: bool = True,
+        analytics: bool = True,
+        redis_url: str | None = None,
+        max_request_bytes: int = 1024 * 1024,
+        max_body_bytes: int = 64 * 1024,
+    ) -> Api: ...
+
+
+@pytest.fixture
+def make_api(
+    valkey: EmbeddedValkey, store: RedisNearTermStore, unique: str
+) -> Iterator[ApiFactory]:
+    """Factory of running API servers over the same key prefix as ``store``."""
+    started: list[Api] = []
+
+    def factory(
+        *,
+        api_keys: Sequence[str] = (),
+        open_health: bool = True,
+        open_metrics: bool = True,
+        analytics: bool = True,
+        redis_url: str | None = None,
+        max_request_bytes: int = 1024 * 1024,
+        max_body_bytes: int = 64 * 1024,
+    ) -> Api:
+        client = Redis.from_url(redis_url or valkey.url, socket_connect_timeout=2)
+        service = StoreService(
+            RedisNearTermStore(client, prefix=f"t-{unique}", result_ttl_seconds=600),
+            max_body_bytes=max_body_bytes,
+        )
+        metrics = Metrics()
+        health = StaticHealth()
+        fake_analytics = FakeAnalytics() if analytics else None
+        app = create_app(
+            service,
+            analytics=fake_analytics,
+            health=health,
+            metrics=metrics,
+            api_keys=api_keys,
+            open_health=open_health,
+            open_metrics=open_metrics,
+            max_request_bytes=max_request_bytes,
+        )
+        server = ApiServer(app, client.aclose)
+        server.start()
+        api = Api(
+            server,
+            service,
+            metrics,
+            health,
+            fake_analytics,
+            httpx.Client(base_url=server.url, timeout=10),
+        )
+        started.append(api)
+        return api
+
+    yield factory
+    for api in started:
+        api.client.close()
+        api.server.stop()
+
+
+@pytest.fixture
+def api(make_api: ApiFactory) -> Api:
+    """An API server without authentication, with analytics."""
+    return make_api()
+
+
+@pytest.fixture
+async def aclient(api: Api) -> AsyncIterator[httpx.AsyncClient]:
+    """An async client of ``api`` (for tests that also await the ``store``)."""
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        yield client
