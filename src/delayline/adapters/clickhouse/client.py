@@ -98,9 +98,13 @@ class _Connection:
                 Path(folder).mkdir(parents=True, exist_ok=True)
                 self.client = clickhouse_connect.get_client(dsn=self.dsn)
             else:
-                # Connect to ``default``: the target database may not exist yet.
+                # Connect to ``default``: the target database may not exist yet. Parameters go
+                # in the request body: an ``IN`` list of thousands of ids is too long for a URL.
                 self.client = clickhouse_connect.get_client(
-                    dsn=self.dsn, database="default", autogenerate_session_id=False
+                    dsn=self.dsn,
+                    database="default",
+                    autogenerate_session_id=False,
+                    form_encode_query_params=True,
                 )
         except ClickHouseError as exc:
             if folder is not None and (

@@ -46,8 +46,9 @@ from delayline.domain.events import (
 
 _FINAL_SETTINGS = " SETTINGS do_not_merge_across_partitions_select_final = 1"
 """All versions of an event share a partition (``created_at`` never changes): safe, faster."""
-_LOOKUP_CHUNK = 2000
-"""Ids per ``IN`` lookup: parameters travel in the URL of an HTTP request."""
+_LOOKUP_CHUNK = 50_000
+"""Ids per ``IN`` lookup. Random ids touch every granule of the sort key, so each lookup
+scans the id column once: few big lookups beat many small ones."""
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATUSES))
 _LIVE = frozenset({EventStatus.PENDING, EventStatus.QUEUED})
 
@@ -92,14 +93,14 @@ class _Client(Protocol):
 
 
 class _Row:
-    """One stored version: the event plus its ``version`` and ``retain_from`` (epoch µs)."""
+    """One stored version: the event plus its ``version`` and ``retain_from``."""
 
-    __slots__ = ("event", "retain_from_us", "version")
+    __slots__ = ("event", "retain_from", "version")
 
-    def __init__(self, event: ScheduledEvent, version: int, retain_from_us: int) -> None:
+    def __init__(self, event: ScheduledEvent, version: int, retain_from: datetime) -> None:
         self.event = event
         self.version = version
-        self.retain_from_us = retain_from_us
+        self.retain_from = retain_from
 
 
 def _decode(row: Sequence[Any]) -> _Row:
@@ -120,7 +121,7 @@ def _decode(row: Sequence[Any]) -> _Row:
         attempts=int(row[13]),
         last_error=row[14] or None,
     )
-    return _Row(event, int(row[15]), int(row[16]))
+    return _Row(event, int(row[15]), from_epoch_us(int(row[16])))
 
 
 def _to_arrow(rows: Sequence[_Row]) -> pa.Table:
@@ -136,16 +137,17 @@ def _to_arrow(rows: Sequence[_Row]) -> pa.Table:
             "headers": [
                 orjson.dumps(dict(e.headers)).decode() if e.headers else "" for e in events
             ],
-            "scheduled_at": [e.due_us for e in events],
+            # Aware datetimes go to Arrow as they are: converted in C, ~10x faster than Python.
+            "scheduled_at": [e.scheduled_at for e in events],
             "max_delay_seconds": [e.max_delay_seconds for e in events],
             "priority": [e.priority for e in events],
             "status": [e.status.value for e in events],
-            "created_at": [to_epoch_us(e.created_at) for e in events],
-            "updated_at": [to_epoch_us(e.updated_at) for e in events],
+            "created_at": [e.created_at for e in events],
+            "updated_at": [e.updated_at for e in events],
             "attempts": [e.attempts for e in events],
             "last_error": [e.last_error or "" for e in events],
             "version": [r.version for r in rows],
-            "retain_from": [r.retain_from_us for r in rows],
+            "retain_from": [r.retain_from for r in rows],
         },
         schema=_ARROW_SCHEMA,
     )
@@ -185,7 +187,7 @@ class ClickHouseLongTermStore:
     @staticmethod
     def _next(row: _Row, event: ScheduledEvent, bump: int) -> _Row:
         """The version after ``row`` holding ``event``; ``retain_from`` never decreases."""
-        retain = max(row.retain_from_us, event.due_us, to_epoch_us(event.updated_at))
+        retain = max(row.retain_from, event.scheduled_at, event.updated_at)
         return _Row(event, row.version + bump, retain)
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
@@ -211,8 +213,7 @@ class ClickHouseLongTermStore:
             inserted.append(new)
             if new:
                 existing.add(event.schedule_id)
-                retain = max(event.due_us, to_epoch_us(event.updated_at))
-                fresh.append(_Row(event, 1, retain))
+                fresh.append(_Row(event, 1, max(event.scheduled_at, event.updated_at)))
         await self._write(fresh)
         return inserted
 
