@@ -56,7 +56,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 async def test_record_buffers_and_flush_writes_in_batches_in_order() -> None:
     writer = FakeWriter()
-    recorder = AnalyticsRecorder(writer, batch_size=3, flush_interval=3600)
+    recorder = AnalyticsRecorder(writer, batch_size=3, flush_interval=3600, max_insert=3)
     items = make(7)
     for item in items:
         recorder.record(item)
@@ -65,6 +65,26 @@ async def test_record_buffers_and_flush_writes_in_batches_in_order() -> None:
     assert [len(b) for b in writer.batches] == [3, 3, 1]
     assert writer.ids() == [r.execution_id for r in items]
     assert (recorder.written, recorder.buffered) == (7, 0)
+
+
+async def test_a_backlog_goes_in_few_inserts() -> None:
+    writer = FakeWriter()
+    recorder = AnalyticsRecorder(writer, batch_size=3, flush_interval=3600, max_insert=6)
+    for item in make(14):
+        recorder.record(item)
+    await recorder.flush()
+    assert [len(b) for b in writer.batches] == [6, 6, 2]
+
+
+async def test_size_trigger_writes_whole_batches_only() -> None:
+    writer = FakeWriter()
+    async with AnalyticsRecorder(writer, batch_size=3, flush_interval=3600) as recorder:
+        for item in make(8):
+            recorder.record(item)
+        await until(lambda: recorder.written == 6)
+        assert [len(b) for b in writer.batches] == [6]  # one insert for the backlog
+        assert recorder.buffered == 2  # the partial tail waits for the interval or stop
+    assert [len(b) for b in writer.batches] == [6, 2]
 
 
 async def test_default_bound_and_oldest_dropped_first() -> None:

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from delayline.adapters.clickhouse.analytics_schema import ANALYTICS_MIGRATIONS
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.domain.outcomes import ExecutionResult
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
@@ -46,7 +45,7 @@ def results(n: int) -> list[ExecutionResult]:
 
 async def test_batches_by_size(analytics_db: AnalyticsDb) -> None:
     writer = CountingWriter(analytics_db.store)
-    recorder = AnalyticsRecorder(writer, batch_size=5, flush_interval=3600)
+    recorder = AnalyticsRecorder(writer, batch_size=5, flush_interval=3600, max_insert=5)
     await recorder.start()
     for item in results(12):
         recorder.record(item)
@@ -91,10 +90,7 @@ async def test_keeps_going_through_a_clickhouse_outage(analytics_db: AnalyticsDb
     assert recorder.written == 0
     assert recorder.buffered == 6
     assert recorder.dropped == 4
-    await client.command(f"CREATE DATABASE {db}")
-    for _version, _name, statements in ANALYTICS_MIGRATIONS:
-        for statement in statements:
-            await client.command(statement.format(db=db, ttl_days=90))
+    await analytics_db.recreate()
     await until(lambda: recorder.written == 6)
     await recorder.stop()
     ids = await client.query(f"SELECT execution_id FROM {db}.schedule_execution_results")

@@ -236,3 +236,12 @@ async def test_verify_schema(analytics_db: AnalyticsDb) -> None:
     missing = ClickHouseAnalyticsStore(analytics_db.client, database="no_such_db")
     with pytest.raises(AnalyticsSchemaMissingError, match="apply the migrations"):
         await missing.verify_schema()
+
+
+async def test_a_big_batch_is_one_insert_built_in_chunks(analytics_db: AnalyticsDb) -> None:
+    start = DAY1 + timedelta(hours=3)
+    batch = [result(start + timedelta(seconds=i), i / 1000) for i in range(1234)]
+    await analytics_db.store.write_results(batch)
+    rows = await analytics_db.store.performance(start, start + timedelta(hours=1))
+    assert [r["total_executions"] for r in rows] == [1234]
+    assert close(rows[0]["p99_delay_seconds"], quantile([i / 1000 for i in range(1234)], 0.99))
