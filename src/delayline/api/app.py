@@ -6,7 +6,6 @@ wrong, an unavailable store gets 503 with ``Retry-After``; a 500 means a bug.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Sequence
@@ -15,6 +14,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,7 @@ from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, monit
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
 from delayline.domain.events import InvalidEventError
+from delayline.errors import DependencyUnavailable
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi
 
@@ -89,18 +91,15 @@ def _error(
     return JSONResponse({"error": error, "field": field, **extra}, status, headers=headers)
 
 
-def _unavailable_types() -> tuple[type[Exception], ...]:
-    # OSError covers ConnectionError and TimeoutError; DependencyUnavailable is what the service
-    # raises for a store behind an open breaker (looked up at runtime: optional module).
-    types: list[type[Exception]] = [OSError]
-    try:
-        errors = importlib.import_module("delayline.errors")
-    except ImportError:
-        return tuple(types)
-    extra = getattr(errors, "DependencyUnavailable", None)
-    if isinstance(extra, type) and issubclass(extra, Exception):
-        types.append(extra)
-    return tuple(types)
+# A store or broker that cannot be reached: 503 + Retry-After, not 500. The service raises
+# DependencyUnavailable; the rest are what reaches here when a call is not wrapped (the same set
+# delayline.errors.classify calls UNAVAILABLE).
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    DependencyUnavailable,
+    OSError,  # ConnectionError, TimeoutError
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 
 def _field(loc: Sequence[int | str]) -> str | None:
@@ -165,7 +164,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthenticationError, unauthenticated)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
-    for exc_type in _unavailable_types():
+    for exc_type in UNAVAILABLE_ERRORS:
         app.add_exception_handler(exc_type, unavailable)
     app.add_exception_handler(Exception, internal)
 

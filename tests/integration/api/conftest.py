@@ -15,28 +15,27 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delayline.adapters.embedded import EmbeddedValkey
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
+from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
 from delayline.metrics import Metrics
-
-T = TypeVar("T")
+from delayline.ports import SchedulerApi
+from delayline.services.scheduler import SchedulerService
 
 
 class StoreService:
-    """``SchedulerApi`` over one real Redis store; Redis outages surface as ``ConnectionError``
-    (what the real service's ``DependencyUnavailable`` stands for)."""
+    """``SchedulerApi`` over one real Redis store (Redis errors surface unwrapped, as they would
+    from an unwrapped store: the API must still answer 503)."""
 
     def __init__(self, store: RedisNearTermStore, *, max_body_bytes: int = 1024 * 1024) -> None:
         self.store = store
@@ -47,32 +46,26 @@ class StoreService:
     def build_event(self, **fields: Any) -> ScheduledEvent:
         return new_event(max_body_bytes=self.max_body_bytes, **fields)
 
-    async def _call(self, op: Awaitable[T]) -> T:
-        try:
-            return await op
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise ConnectionError(f"redis: {type(exc).__name__}") from exc
-
     async def schedule_events(self, events: Sequence[ScheduledEvent]) -> list[bool]:
-        return await self._call(self.store.schedule(events))
+        return await self.store.schedule(events)
 
     async def cancel_event(self, schedule_id: str) -> bool:
-        return await self._call(self.store.cancel(schedule_id))
+        return await self.store.cancel(schedule_id)
 
     async def reschedule_event(self, schedule_id: str, scheduled_at: datetime) -> bool:
-        return await self._call(self.store.reschedule(schedule_id, to_epoch_us(scheduled_at)))
+        return await self.store.reschedule(schedule_id, to_epoch_us(scheduled_at))
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
-        return await self._call(self.store.get(schedule_id))
+        return await self.store.get(schedule_id)
 
     async def get_stats(self) -> dict[str, Any]:
-        counts = await self._call(self.store.counts())
+        counts = await self.store.counts()
         return {
             "pending": counts["pending"],
             "redis_pending": counts["pending"],
             "clickhouse_pending": 0,
             "counts": counts,
-            "next_due_us": await self._call(self.store.next_due_us()),
+            "next_due_us": await self.store.next_due_us(),
             "sync_lag_seconds": float("nan"),  # the API must turn this into null
         }
 
@@ -186,6 +179,7 @@ class Api:
 
     server: ApiServer
     service: StoreService
+    """The double's counters; with ``real_service`` it only holds the store."""
     metrics: Metrics
     health: StaticHealth
     analytics: FakeAnalytics | None
@@ -209,6 +203,7 @@ class ApiFactory(Protocol):
         redis_url: str | None = None,
         max_request_bytes: int = 1024 * 1024,
         max_body_bytes: int = 64 * 1024,
+        real_service: bool = False,
     ) -> Api: ...
 
 
@@ -228,6 +223,7 @@ def make_api(
         redis_url: str | None = None,
         max_request_bytes: int = 1024 * 1024,
         max_body_bytes: int = 64 * 1024,
+        real_service: bool = False,
     ) -> Api:
         client = Redis.from_url(redis_url or valkey.url, socket_connect_timeout=2)
         service = StoreService(
@@ -237,8 +233,13 @@ def make_api(
         metrics = Metrics()
         health = StaticHealth()
         fake_analytics = FakeAnalytics() if analytics else None
+        scheduler: SchedulerApi = service
+        if real_service:  # the lead's service, Redis tier only
+            scheduler = SchedulerService(
+                service.store, SystemClock(), max_body_bytes=max_body_bytes
+            )
         app = create_app(
-            service,
+            scheduler,
             analytics=fake_analytics,
             health=health,
             metrics=metrics,

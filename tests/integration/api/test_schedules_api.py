@@ -18,6 +18,17 @@ from .conftest import Api, ApiFactory
 URL = "/api/v1/schedules"
 
 
+@pytest.fixture(params=["double", "service"])
+def real(request: pytest.FixtureRequest) -> bool:
+    """Run against the test double and against the lead's SchedulerService."""
+    return bool(request.param == "service")
+
+
+@pytest.fixture
+def api(make_api: ApiFactory, real: bool) -> Api:
+    return make_api(real_service=real)
+
+
 def _event(**overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "topic": "user.notifications",
@@ -146,8 +157,8 @@ def test_bad_events_get_422_naming_the_field(
     assert words in doc["error"], doc
 
 
-def test_event_body_over_the_limit_is_422(make_api: ApiFactory) -> None:
-    api = make_api(max_body_bytes=100)
+def test_event_body_over_the_limit_is_422(make_api: ApiFactory, real: bool) -> None:
+    api = make_api(max_body_bytes=100, real_service=real)
     resp = api.client.post(URL, json=_event(body="x" * 101))
     assert resp.status_code == 422
     assert resp.json()["field"] == "body"
@@ -250,8 +261,8 @@ async def test_reschedule(
     assert "only pending events can be rescheduled" in gone.json()["error"]
 
 
-def test_unavailable_store_is_503_with_retry_after(make_api: ApiFactory) -> None:
-    api = make_api(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+def test_unavailable_store_is_503_with_retry_after(make_api: ApiFactory, real: bool) -> None:
+    api = make_api(redis_url=f"redis://127.0.0.1:{free_port()}/0", real_service=real)
     for method, path, body in [
         ("POST", URL, _event()),
         ("GET", f"{URL}/x", None),
