@@ -1,7 +1,8 @@
-"""Session-wide real servers: a Valkey and a Tansu broker on free loopback ports."""
+"""Session-wide real servers: Valkey and a Tansu broker on free loopback ports, one chDB."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from delayline.adapters.clickhouse.client import ClickHouseClient
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
 from delayline.adapters.redis_store import RedisNearTermStore
 
@@ -57,3 +61,44 @@ async def store(redis_client: Redis, unique: str) -> AsyncIterator[RedisNearTerm
 def data_dir(tmp_path: Path) -> Path:
     """A fresh data directory."""
     return tmp_path / "data"
+
+
+# --- ClickHouse: ONE chDB folder per session (chDB allows one per process), a database per test
+
+
+@pytest.fixture(scope="session")
+def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``$SCHEDULES_TEST_CLICKHOUSE_URL`` (a server) or the session's chDB folder."""
+    url = os.environ.get("SCHEDULES_TEST_CLICKHOUSE_URL")
+    if url:
+        return url
+    configured = os.environ.get("DELAYLINE_TEST_CHDB_DIR")
+    path = Path(configured) if configured else tmp_path_factory.getbasetemp() / "chdb"
+    path.mkdir(parents=True, exist_ok=True)
+    return f"chdb://{path.resolve().as_posix()}"
+
+
+@pytest.fixture(scope="session")
+async def clickhouse_root(clickhouse_dsn: str) -> AsyncIterator[ClickHouseClient]:
+    """The session's one connection (closing it would stop the embedded engine)."""
+    client = ClickHouseClient(clickhouse_dsn, "default")
+    await client.start()
+    yield client
+    await client.stop()
+
+
+@pytest.fixture
+async def ch_client(clickhouse_root: ClickHouseClient) -> AsyncIterator[ClickHouseClient]:
+    """A client on a fresh, migrated database of this test's own; dropped afterwards."""
+    client = clickhouse_root.with_database(f"t_{uuid.uuid4().hex[:12]}")
+    await client.start()
+    await run_migrations(client, ttl_days=90)
+    yield client
+    await client.command(f"DROP DATABASE IF EXISTS {client.database} SYNC")
+    await client.stop()
+
+
+@pytest.fixture
+def lt_store(ch_client: ClickHouseClient) -> ClickHouseLongTermStore:
+    """The long-term store on this test's database."""
+    return ClickHouseLongTermStore(ch_client)

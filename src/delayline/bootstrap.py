@@ -16,14 +16,23 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
+from delayline.adapters.clickhouse.client import ClickHouseClient
+from delayline.adapters.clickhouse.locks import RedisLease
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
+from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Clock, OutcomeSink
+from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.scheduler import SchedulerService
+from delayline.services.sync import SyncService
 from delayline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +95,13 @@ class Application:
         self.publisher: KafkaEventPublisher | None = None
         self.near: RedisNearTermStore | None = None
         self.dispatcher: Dispatcher | None = None
+        self.clickhouse: ClickHouseClient | None = None
+        self.far: ClickHouseLongTermStore | None = None
+        self.sync: SyncService | None = None
+        self.analytics: ScheduleAnalyticsService | None = None
+        self.consumer: DelayedEventsConsumer | None = None
         self._service: SchedulerService | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def service(self) -> SchedulerService:
@@ -115,15 +130,39 @@ class Application:
         self.near = RedisNearTermStore(
             self._redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
         )
+        await self._start_clickhouse()
+        assert self.far is not None
+        self.sync = SyncService(
+            self.near,
+            self.far,
+            RedisLease(self._redis, f"{{{s.redis_key_prefix}}}:sync-lock", ttl=60),
+            self.clock,
+            transfer_horizon_seconds=s.transfer_horizon_seconds,
+            retention_days=s.execution_history_ttl_days,
+        )
         self._service = SchedulerService(
             self.near,
             self.clock,
             immediate_horizon_seconds=s.immediate_horizon_seconds,
             max_body_bytes=s.max_body_bytes,
             default_max_delay_seconds=s.default_max_delay_seconds,
+            far=self.far,
+            sync=self.sync,
         )
+        await self._start_analytics()
         if self.components.dispatcher:
             await self._start_dispatcher()
+        if self.components.consumer:
+            await self._start_consumer()
+        if self.components.sync:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.sync.run_periodically(
+                        s.clickhouse_sync_interval, s.cleanup_interval, self._stopping
+                    ),
+                    name="sync",
+                )
+            )
         self._write_runtime_file()
 
     async def _start_redis(self) -> None:
@@ -135,6 +174,45 @@ class Application:
             self.redis_url = s.redis_url.get_secret_value()
         self._redis = Redis.from_url(self.redis_url, health_check_interval=10)
         await self._redis.ping()
+
+    async def _start_clickhouse(self) -> None:
+        s = self.settings
+        self.clickhouse = ClickHouseClient(s.resolved_clickhouse_dsn)
+        await self.clickhouse.start()
+        if self.migrate:
+            await run_migrations(
+                self.clickhouse, ttl_days=s.execution_history_ttl_days, progress=log.info
+            )
+        self.far = ClickHouseLongTermStore(self.clickhouse)
+
+    async def _start_analytics(self) -> None:
+        s = self.settings
+        assert self.clickhouse is not None
+        store = ClickHouseAnalyticsStore(self.clickhouse)
+        recorder = AnalyticsRecorder(
+            store,
+            batch_size=s.analytics_batch_size,
+            flush_interval=s.analytics_flush_interval,
+            enabled=s.analytics_enabled,
+        )
+        self.analytics = ScheduleAnalyticsService(
+            store, recorder=recorder, enabled=s.analytics_enabled
+        )
+        await self.analytics.initialize()
+        if s.analytics_enabled:
+            self.sink.add(recorder)
+
+    async def _start_consumer(self) -> None:
+        s = self.settings
+        await asyncio.to_thread(
+            ensure_topics,
+            self.bootstrap_servers,
+            [s.kafka_delayed_topic_name, s.kafka_dead_letter_topic_name],
+            s.kafka_client_options,
+        )
+        source = KafkaDelayedSource.from_settings(s, self.bootstrap_servers)
+        self.consumer = DelayedEventsConsumer(self.service, source, clock=self.clock)
+        await self.consumer.start()
 
     async def _start_kafka(self) -> None:
         s = self.settings
@@ -188,6 +266,7 @@ class Application:
         if not self._started:
             return
         self._started = False
+        self._stopping.set()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self._tasks:
@@ -198,8 +277,14 @@ class Application:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("task %s failed", task.get_name(), exc_info=task.exception())
             self._tasks.clear()
+        if self.consumer is not None:
+            await self.consumer.stop()  # commits what is stored
         if self.publisher is not None:
             await self.publisher.stop(self.settings.shutdown_timeout)
+        if self.analytics is not None:
+            await self.analytics.close()  # flushes the last results
+        if self.clickhouse is not None:
+            await self.clickhouse.stop()
         if self._redis is not None:
             await self._redis.aclose()
         if self._tansu is not None:
@@ -227,6 +312,35 @@ class Application:
         log.info("delayline is running (node %s)", self.settings.node_id)
         await stop.wait()
         await self.stop()
+
+
+def ensure_topics(bootstrap: str, topics: list[str], options: dict[str, str]) -> None:
+    """Create ``topics`` if missing (one partition set by the broker's default)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, **options})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [NewTopic(t, 4, 1) for t in topics if t not in existing]
+    for topic, future in admin.create_topics(missing).items() if missing else []:
+        try:
+            future.result(10)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.info("created topic %s", topic)
+
+
+async def run_migrations_cli(settings: Settings, progress: Any = None) -> list[str]:
+    """``delayline migrate``: apply the ClickHouse migrations once, with progress lines."""
+    client = ClickHouseClient(settings.resolved_clickhouse_dsn)
+    await client.start()
+    try:
+        return await run_migrations(
+            client, ttl_days=settings.execution_history_ttl_days, progress=progress
+        )
+    finally:
+        await client.stop()
 
 
 def read_runtime_file(data_dir: Path) -> dict[str, Any]:

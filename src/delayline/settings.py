@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     redis_processing_interval: float = Field(5, gt=0, le=3600)
     """The longest the dispatcher ever sleeps (it wakes earlier for due events)."""
     execution_history_ttl_days: int = Field(90, gt=0)
+    cleanup_interval: float = Field(3600, gt=0)
+    """Seconds between two cleanups of finished schedules and Redis orphans."""
     analytics_enabled: bool = True
     analytics_batch_size: int = Field(1000, gt=0, le=1_000_000)
     analytics_flush_interval: float = Field(1.0, gt=0)

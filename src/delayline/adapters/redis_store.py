@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -59,7 +60,18 @@ class RedisNearTermStore:
         self._result_ttl = result_ttl_seconds
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_load_script(name))
-            for name in ("schedule", "claim", "ack", "retry", "cancel", "reschedule", "reap", "get")
+            for name in (
+                "schedule",
+                "claim",
+                "ack",
+                "retry",
+                "cancel",
+                "reschedule",
+                "reap",
+                "get",
+                "discard",
+                "orphans",
+            )
         }
 
     def result_key(self, schedule_id: str) -> str:
@@ -146,6 +158,25 @@ class RedisNearTermStore:
         )
         return bool(done)
 
+    async def discard(self, schedule_id: str) -> bool:
+        """Remove a pending event without remembering it (it may be scheduled again)."""
+        return bool(await self._run("discard", [self.due_key, self.payload_key], [schedule_id]))
+
+    async def remove_orphans(self, scan_count: int = 500) -> int:
+        """Remove payloads and inflight entries nothing refers to; returns how many."""
+        keys = [self.due_key, self.payload_key, self.inflight_key, self.leases_key]
+        removed = 0
+        cursor = 0
+        while True:
+            cursor, fields = await self._redis.hscan(self.payload_key, cursor, count=scan_count)
+            if fields:
+                removed += int(await self._run("orphans", keys, list(fields)))
+            if cursor == 0:
+                break
+        async for chunk in _zscan_ids(self._redis, self.inflight_key, scan_count):
+            removed += int(await self._run("orphans", keys, chunk))
+        return removed
+
     async def reschedule(self, schedule_id: str, due_us: int) -> bool:
         """Move a pending event (compare-and-set on its payload, retried on a race)."""
         for _ in range(5):
@@ -184,19 +215,15 @@ class RedisNearTermStore:
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:
         """The event if pending or leased; a stub with its final status if remembered."""
-        value, lease, score, result = await self._run(
+        value, lease, _score, result = await self._run(
             "get",
             [self.due_key, self.payload_key, self.leases_key, self.result_key(schedule_id)],
             [schedule_id],
         )
         if value:
             status = EventStatus.PROCESSING if lease else EventStatus.PENDING
-            event = decode_event(value[_PREFIX_LEN:], status)
-            if score is not None and not lease:
-                due = int(float(score))
-                if due != event.due_us and event.attempts:
-                    return event  # waiting for a retry: scheduled_at stays the original
-            return event
+            # scheduled_at stays the original while a retry waits (the score is the retry time)
+            return decode_event(value[_PREFIX_LEN:], status)
         if result:
             return _finished_stub(schedule_id, result)
         return None
@@ -242,9 +269,17 @@ class RedisNearTermStore:
 
 
 def _with_due(event: ScheduledEvent, due_us: int) -> ScheduledEvent:
-    from dataclasses import replace
-
     return replace(event, scheduled_at=from_epoch_us(due_us))
+
+
+async def _zscan_ids(client: Redis, key: str, count: int) -> AsyncIterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, pairs = await client.zscan(key, cursor, count=count)
+        if pairs:
+            yield [bytes(member) for member, _score in pairs]  # type: ignore[arg-type]
+        if cursor == 0:
+            return
 
 
 def _finished_stub(schedule_id: str, result: bytes) -> ScheduledEvent:

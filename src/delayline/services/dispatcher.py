@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -165,6 +166,7 @@ class Dispatcher:
     async def fire(self, claim: Claim) -> None:
         """Publish a claimed batch, then acknowledge, retry or fail each event."""
         started_us = self._now_us()
+        started_wall = time.time()  # delivery reports carry wall time; map them onto the clock
         finished: list[Finished] = []
         to_publish: list[ScheduledEvent] = []
         for event in claim.events:
@@ -180,7 +182,11 @@ class Dispatcher:
                 to_publish.append(event)
         if to_publish:
             results = await self._publisher.publish(to_publish)
-            finished += await self._settle(claim.token, to_publish, results, started_us)
+            acked_us = [
+                r if isinstance(r, BaseException) else started_us + int((r - started_wall) * 1e6)
+                for r in results
+            ]
+            finished += await self._settle(claim.token, to_publish, acked_us, started_us)
         if finished:
             await self._store.ack(claim.token, finished)
 
@@ -188,7 +194,7 @@ class Dispatcher:
         self,
         token: str,
         events: Sequence[ScheduledEvent],
-        results: Sequence[BaseException | float],
+        results: Sequence[BaseException | int],
         started_us: int,
     ) -> list[Finished]:
         finished: list[Finished] = []
@@ -196,7 +202,7 @@ class Dispatcher:
         for event, result in zip(events, results, strict=True):
             if not isinstance(result, BaseException):
                 finished.append(Finished(event.schedule_id, EventStatus.COMPLETED))
-                self._record(event, Outcome.SUCCESS, started_us, int(result * 1e6), None)
+                self._record(event, Outcome.SUCCESS, started_us, result, None)
                 continue
             kind = classify(result)
             unavailable += kind is ErrorClass.UNAVAILABLE

@@ -175,7 +175,11 @@ class SchedulerService:
         if stored is None or stored.status.is_terminal:
             return False
         if route(when, self._clock.now(), self._horizon) is Tier.CLICKHOUSE:
-            return await self._far.reschedule(schedule_id, when)
+            if not await self._far.reschedule(schedule_id, when):
+                return False
+            # A sync that read the old version may have put a copy in Redis: take it back.
+            await self._discard_near(schedule_id)
+            return True
         # Due soon now: into Redis first (idempotent), then retire the ClickHouse row.
         moved = replace(stored, scheduled_at=when)
         if not await self._far.cancel(schedule_id):
@@ -187,12 +191,20 @@ class SchedulerService:
         if self._far is None or self.tier_for(replace(event, scheduled_at=when)) is Tier.REDIS:
             return await self._near.reschedule(event.schedule_id, to_epoch_us(when))
         # Now due far away: store in ClickHouse first, then drop the Redis copy.
+        # (the row may already exist there, queued by the sync: then update it)
         moved = replace(event, scheduled_at=when)
-        await self._far.insert([moved])
-        if await self._near.cancel(event.schedule_id):
+        if not await self._far.reschedule(event.schedule_id, when):
+            await self._far.insert([moved])
+        if await self._discard_near(event.schedule_id):
             return True
         await self._far.cancel(event.schedule_id)  # it started firing: keep the Redis one
         return False
+
+    async def _discard_near(self, schedule_id: str) -> bool:
+        discard = getattr(self._near, "discard", None)
+        if discard is not None:
+            return bool(await discard(schedule_id))
+        return await self._near.cancel(schedule_id)
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
         """The event and its status from whichever tier holds it."""

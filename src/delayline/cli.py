@@ -1,0 +1,236 @@
+"""The ``delayline`` command: serve, migrate, and talk to a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+from rich.console import Console
+
+from delayline.bootstrap import read_runtime_file
+from delayline.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Delayline: delayed events fired to Kafka on time.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``1.5m``, ``250ms``, ``2h``, ``3d`` or plain seconds → seconds."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 5m, 250ms, 2h or 1d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _api(settings: Settings, api_url: str | None, api_key: str | None) -> httpx.Client:
+    base = api_url or f"http://{settings.api_host}:{settings.api_port}"
+    key = api_key or os.environ.get("DELAYLINE_API_KEY")
+    if key is None and settings.api_keys:
+        key = settings.api_keys[0].get_secret_value()
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.Client(base_url=base, headers=headers, timeout=30)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach the service at {client.base_url}: {exc}[/red]")
+        err.print("Is `delayline serve` (or `make run`) running?")
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        err.print(f"[red]{response.status_code}: {response.text}[/red]")
+        raise typer.Exit(1)
+    return response.json() if response.content else None
+
+
+ApiUrl = Annotated[str | None, typer.Option(help="Base URL of the service's HTTP API.")]
+ApiKey = Annotated[str | None, typer.Option(help="API key (default: $DELAYLINE_API_KEY).")]
+
+
+@app.command()
+def serve(
+    no_migrate: Annotated[bool, typer.Option(help="Do not run migrations at start.")] = False,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+) -> None:
+    """Run every loop until SIGINT/SIGTERM, then drain gracefully."""
+    from delayline.bootstrap import Application
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _settings()
+    application = Application(settings, migrate=not no_migrate)
+    try:
+        asyncio.run(application.serve_forever())
+    except Exception as exc:  # start-up failures: one clear line, not a trace
+        err.print(f"[red]delayline could not start: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations (idempotent), showing progress."""
+    from delayline.bootstrap import run_migrations_cli
+
+    settings = _settings()
+    try:
+        applied = asyncio.run(run_migrations_cli(settings, progress=console.print))
+    except Exception as exc:
+        err.print(f"[red]migration failed: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
+
+
+@app.command()
+def schedule(
+    topic: Annotated[str, typer.Argument(help="Kafka topic to fire to.")],
+    body: Annotated[str, typer.Argument(help="Message body.")] = "",
+    in_: Annotated[str | None, typer.Option("--in", help="Delay, e.g. 30s, 5m, 2h.")] = None,
+    at: Annotated[str | None, typer.Option(help="Absolute time, ISO-8601 (UTC if naive).")] = None,
+    entity_type: Annotated[str, typer.Option(help="Entity type.")] = "",
+    action: Annotated[str, typer.Option(help="Action.")] = "",
+    correlation_id: Annotated[str | None, typer.Option(help="Correlation id (the key).")] = None,
+    header: Annotated[list[str] | None, typer.Option(help="Header k=v (repeatable).")] = None,
+    priority: Annotated[int, typer.Option(help="Higher fires first among equals.")] = 0,
+    max_delay: Annotated[int | None, typer.Option(help="max_delay_seconds.")] = None,
+    schedule_id: Annotated[str | None, typer.Option("--id", help="Schedule id.")] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Schedule one event through the running service; prints its schedule id."""
+    if (in_ is None) == (at is None):
+        raise typer.BadParameter("give exactly one of --in or --at")
+    headers = {}
+    for item in header or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"header {item!r} is not k=v")
+        headers[key] = value
+    when = (
+        (datetime.now().astimezone() + timedelta(seconds=parse_duration(in_))).isoformat()
+        if in_ is not None
+        else at
+    )
+    payload = {
+        "topic": topic,
+        "body": body,
+        "scheduled_at": when,
+        "entity_type": entity_type,
+        "action": action,
+        "correlation_id": correlation_id,
+        "headers": headers,
+        "priority": priority,
+        "max_delay_seconds": max_delay,
+        "schedule_id": schedule_id,
+    }
+    payload = {k: v for k, v in payload.items() if v is not None}
+    with _api(_settings(), api_url, api_key) as client:
+        result = _call(client, "POST", "/api/v1/schedules", json=payload)
+    console.print(result["schedule_ids"][0] if "schedule_ids" in result else result)
+
+
+@app.command()
+def cancel(
+    schedule_id: Annotated[str, typer.Argument(help="The schedule id.")],
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a pending event."""
+    with _api(_settings(), api_url, api_key) as client:
+        _call(client, "DELETE", f"/api/v1/schedules/{schedule_id}")
+    console.print(f"cancelled {schedule_id}")
+
+
+@app.command()
+def stats(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
+    """Print the service's statistics."""
+    with _api(_settings(), api_url, api_key) as client:
+        result = _call(client, "GET", "/api/v1/schedules/monitoring/stats")
+    console.print_json(orjson.dumps(result).decode())
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to watch.")],
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Print events as they fire, with their lateness (from the message's produce time)."""
+    from confluent_kafka import Consumer
+
+    settings = _settings()
+    servers = (
+        bootstrap
+        or settings.kafka_bootstrap_servers
+        or read_runtime_file(settings.data_dir).get("bootstrap_servers")
+    )
+    if not servers:
+        err.print("[red]no broker: set SCHEDULES_KAFKA_BOOTSTRAP_SERVERS or run `delayline serve`")
+        raise typer.Exit(1)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": servers,
+            "group.id": f"delayline-tail-{os.getpid()}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    console.print(f"watching {topic} on {servers} (Ctrl-C to stop)")
+    try:
+        while True:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            _print_fired(msg, time.time())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+def _print_fired(msg: Any, read_at: float) -> None:
+    headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
+    due = headers.get("x-scheduled-at")
+    produced_ms = msg.timestamp()[1]
+    late = ""
+    if due:
+        due_s = datetime.fromisoformat(due).timestamp()
+        late = f"fired {produced_ms / 1000 - due_s:+.3f}s  read {read_at - due_s:+.3f}s"
+    console.print(
+        f"{datetime.fromtimestamp(read_at).isoformat(timespec='milliseconds')}  "
+        f"{headers.get('x-schedule-id', '?')}  {late}  key={msg.key()!r}  "
+        f"{(msg.value() or b'')[:200]!r}"
+    )
+
+
+def main() -> None:
+    """Entry point of the ``delayline`` script."""
+    try:
+        app()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        sys.exit(2)

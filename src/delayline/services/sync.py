@@ -1,0 +1,170 @@
+"""The background sync (ClickHouse → Redis) and the cleanup of both tiers.
+
+The sync moves events due within ``TRANSFER_HORIZON_SECONDS`` into Redis exactly once, even with
+several nodes or a node dying halfway:
+
+1. a lease (Redis, with a fencing token) keeps two nodes from doing the same work at once;
+2. the events go into Redis insert-if-absent, so a re-run after a crash adds nothing twice;
+3. only then does ClickHouse say ``queued`` — and only for events unchanged since they were
+   read; the ones cancelled or rescheduled meanwhile are taken back out of Redis.
+
+A node killed between 2 and 3 leaves the events ``pending`` in ClickHouse and present in Redis:
+the next sync re-inserts nothing and writes ``queued``. Nothing is lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from delayline.domain.events import ScheduledEvent
+from delayline.ports import Clock
+
+log = logging.getLogger(__name__)
+
+
+class SyncNearStore(Protocol):
+    """What the sync needs of the Redis tier."""
+
+    async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]: ...
+
+    async def discard(self, schedule_id: str) -> bool: ...
+
+    async def remove_orphans(self) -> int: ...
+
+
+class SyncFarStore(Protocol):
+    """What the sync needs of the ClickHouse tier."""
+
+    async def due_before(self, until: datetime, limit: int) -> list[ScheduledEvent]: ...
+
+    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]: ...
+
+    async def cleanup(self, older_than: datetime) -> int: ...
+
+
+class Lease(Protocol):
+    """A distributed lease with a fencing token."""
+
+    async def acquire(self) -> int | None: ...
+
+    async def renew(self) -> int | None: ...
+
+    async def release(self) -> bool: ...
+
+
+class SyncService:
+    """Runs the sync and the cleanup, periodically and on demand."""
+
+    def __init__(
+        self,
+        near: SyncNearStore,
+        far: SyncFarStore,
+        lease: Lease,
+        clock: Clock,
+        *,
+        transfer_horizon_seconds: float,
+        retention_days: int,
+        batch_size: int = 10_000,
+    ) -> None:
+        self._near = near
+        self._far = far
+        self._lease = lease
+        self._clock = clock
+        self._horizon = timedelta(seconds=transfer_horizon_seconds)
+        self._retention = timedelta(days=retention_days)
+        self._batch = batch_size
+        self._lock = asyncio.Lock()  # one sync at a time within this process
+        self.runs = 0
+        self.moved_total = 0
+        self.last_run_at: datetime | None = None
+        self.last_duration_s: float | None = None
+        self.last_moved = 0
+        self.last_error: str | None = None
+
+    async def sync_once(self) -> int:
+        """Move due-soon events into Redis now; returns how many (0 if another node syncs)."""
+        async with self._lock:
+            started = time.perf_counter()
+            try:
+                moved = await self._sync_under_lease()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.runs += 1
+            self.moved_total += moved
+            self.last_moved = moved
+            self.last_error = None
+            self.last_run_at = self._clock.now()
+            self.last_duration_s = time.perf_counter() - started
+            return moved
+
+    async def _sync_under_lease(self) -> int:
+        if await self._lease.acquire() is None:
+            log.debug("sync: another node holds the lease")
+            return 0
+        moved = 0
+        try:
+            while True:
+                events = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
+                if not events:
+                    break
+                await self._near.schedule(events)
+                changed = await self._far.mark_queued(events)
+                for schedule_id in changed:  # cancelled/rescheduled since read: take it back
+                    await self._near.discard(schedule_id)
+                moved += len(events) - len(changed)
+                if len(events) < self._batch:
+                    break
+                if await self._lease.renew() is None:
+                    log.warning("sync: lease lost mid-run; stopping (another node continues)")
+                    break
+        finally:
+            await self._lease.release()
+        if moved:
+            log.info("sync: moved %d events into Redis", moved)
+        return moved
+
+    async def cleanup_once(self) -> int:
+        """Remove schedules finished before the retention window and Redis orphans."""
+        removed = await self._far.cleanup(self._clock.now() - self._retention)
+        return removed + await self._near.remove_orphans()
+
+    def stats(self) -> dict[str, Any]:
+        """Runs, totals, the last run and the lag since it."""
+        lag = None
+        if self.last_run_at is not None:
+            lag = (self._clock.now() - self.last_run_at).total_seconds()
+        return {
+            "runs": self.runs,
+            "moved_total": self.moved_total,
+            "last_moved": self.last_moved,
+            "last_run_at": self.last_run_at.isoformat() if self.last_run_at else None,
+            "last_duration_seconds": self.last_duration_s,
+            "lag_seconds": lag,
+            "last_error": self.last_error,
+        }
+
+    async def run_periodically(
+        self, interval: float, cleanup_interval: float, stop: asyncio.Event
+    ) -> None:
+        """Sync every ``interval`` s and clean up every ``cleanup_interval`` s until ``stop``."""
+        last_cleanup = time.monotonic()
+        while not stop.is_set():
+            try:
+                await self.sync_once()
+            except Exception as exc:
+                log.warning("sync failed: %s", exc)
+            if time.monotonic() - last_cleanup >= cleanup_interval:
+                last_cleanup = time.monotonic()
+                try:
+                    await self.cleanup_once()
+                except Exception as exc:
+                    log.warning("cleanup failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
