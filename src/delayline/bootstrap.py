@@ -10,10 +10,12 @@ import contextlib
 import json
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
@@ -25,8 +27,12 @@ from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.api.app import create_app
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
+from delayline.domain.routing import Tier
+from delayline.health import DependencyHealth, MetricsSink
+from delayline.metrics import Metrics
 from delayline.ports import Clock, OutcomeSink
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
@@ -84,7 +90,9 @@ class Application:
         self.migrate = migrate
         self.components = components or Components()
         self.clock: Clock = clock or SystemClock()
-        self.sink = FanOutSink()
+        self.metrics = Metrics()
+        self.sink = FanOutSink(MetricsSink(self.metrics))
+        self.api_server: uvicorn.Server | None = None
         self._valkey: EmbeddedValkey | None = None
         self._tansu: EmbeddedTansu | None = None
         self._redis: Redis | None = None
@@ -139,6 +147,7 @@ class Application:
             self.clock,
             transfer_horizon_seconds=s.transfer_horizon_seconds,
             retention_days=s.execution_history_ttl_days,
+            on_run=self.metrics.sync_run,
         )
         self._service = SchedulerService(
             self.near,
@@ -148,12 +157,16 @@ class Application:
             default_max_delay_seconds=s.default_max_delay_seconds,
             far=self.far,
             sync=self.sync,
+            on_scheduled=lambda tier, source, n: self.metrics.scheduled(tier.value, source, n),
         )
         await self._start_analytics()
         if self.components.dispatcher:
             await self._start_dispatcher()
         if self.components.consumer:
             await self._start_consumer()
+        self._tasks.append(asyncio.create_task(self._refresh_gauges(), name="gauges"))
+        if self.components.api:
+            await self._start_api()
         if self.components.sync:
             self._tasks.append(
                 asyncio.create_task(
@@ -211,8 +224,67 @@ class Application:
             s.kafka_client_options,
         )
         source = KafkaDelayedSource.from_settings(s, self.bootstrap_servers)
-        self.consumer = DelayedEventsConsumer(self.service, source, clock=self.clock)
+        self.consumer = DelayedEventsConsumer(
+            self.service, source, clock=self.clock, on_dead_letter=self.metrics.dead_lettered
+        )
         await self.consumer.start()
+
+    def health(self) -> DependencyHealth:
+        """The health check over this application's dependencies."""
+
+        async def redis_ok() -> object:
+            assert self._redis is not None
+            return await self._redis.ping()
+
+        async def clickhouse_ok() -> object:
+            assert self.clickhouse is not None
+            return await self.clickhouse.query("SELECT 1")
+
+        async def kafka_ok() -> object:
+            assert self.publisher is not None
+            return await self.publisher.ping(timeout=1.5)
+
+        return DependencyHealth({"redis": redis_ok, "clickhouse": clickhouse_ok, "kafka": kafka_ok})
+
+    async def _start_api(self) -> None:
+        s = self.settings
+        app = create_app(
+            self.service,
+            analytics=self.analytics if s.analytics_enabled else None,
+            health=self.health(),
+            metrics=self.metrics,
+            api_keys=[k.get_secret_value() for k in s.api_keys],
+            open_health=s.api_open_health,
+            open_metrics=s.api_open_metrics,
+        )
+        config = uvicorn.Config(
+            app, host=s.api_host, port=s.api_port, log_level="warning", access_log=False
+        )
+        self.api_server = _EmbeddedServer(config)
+        self._tasks.append(asyncio.create_task(self.api_server.serve(), name="api"))
+        for _ in range(500):  # wait until it listens, so start() returning means "serving"
+            if self.api_server.started or self._tasks[-1].done():
+                break
+            await asyncio.sleep(0.01)
+        if self._tasks[-1].done():
+            raise RuntimeError(f"the HTTP API could not listen on {s.api_host}:{s.api_port}")
+        log.info("HTTP API on http://%s:%d (docs at /docs)", s.api_host, s.api_port)
+
+    async def _refresh_gauges(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.near is not None:
+                    counts = await self.near.counts()
+                    self.metrics.set_pending(Tier.REDIS.value, counts["pending"])
+                if self.far is not None:
+                    far_counts = await self.far.counts()
+                    self.metrics.set_pending(Tier.CLICKHOUSE.value, far_counts["pending"])
+                if self.dispatcher is not None:
+                    self.metrics.set_claims_in_flight(self.dispatcher.claims_in_flight)
+            except Exception as exc:
+                log.debug("gauge refresh failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 5)
 
     async def _start_kafka(self) -> None:
         s = self.settings
@@ -267,6 +339,8 @@ class Application:
             return
         self._started = False
         self._stopping.set()
+        if self.api_server is not None:
+            self.api_server.should_exit = True
         if self.dispatcher is not None:
             self.dispatcher.stop()
         if self._tasks:
@@ -312,6 +386,14 @@ class Application:
         log.info("delayline is running (node %s)", self.settings.node_id)
         await stop.wait()
         await self.stop()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the application owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def ensure_topics(bootstrap: str, topics: list[str], options: dict[str, str]) -> None:

@@ -148,7 +148,7 @@ def schedule(
     payload = {k: v for k, v in payload.items() if v is not None}
     with _api(_settings(), api_url, api_key) as client:
         result = _call(client, "POST", "/api/v1/schedules", json=payload)
-    console.print(result["schedule_ids"][0] if "schedule_ids" in result else result)
+    print(result["schedule_id"])
 
 
 @app.command()
@@ -175,6 +175,7 @@ def stats(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
 def tail(
     topic: Annotated[str, typer.Argument(help="Topic to watch.")],
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers.")] = None,
+    from_beginning: Annotated[bool, typer.Option(help="Also print earlier messages.")] = False,
 ) -> None:
     """Print events as they fire, with their lateness (from the message's produce time)."""
     from confluent_kafka import Consumer
@@ -188,22 +189,30 @@ def tail(
     if not servers:
         err.print("[red]no broker: set SCHEDULES_KAFKA_BOOTSTRAP_SERVERS or run `delayline serve`")
         raise typer.Exit(1)
+    from delayline.bootstrap import ensure_topics
+
+    ensure_topics(servers, [topic], settings.kafka_client_options)  # so the first event is seen
     consumer = Consumer(
         {
+            **settings.kafka_client_options,
             "bootstrap.servers": servers,
+            "topic.metadata.refresh.interval.ms": 2000,
             "group.id": f"delayline-tail-{os.getpid()}",
-            "auto.offset.reset": "latest",
+            # Read from the start and skip what came before us: the embedded broker answers
+            # "latest" offsets wrongly (DESIGN.md).
+            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,
             "session.timeout.ms": 6000,
         }
     )
     consumer.subscribe([topic])
-    console.print(f"watching {topic} on {servers} (Ctrl-C to stop)")
+    started_ms = 0 if from_beginning else int(time.time() * 1000)
+    print(f"watching {topic} on {servers} (Ctrl-C to stop)", flush=True)
     try:
         while True:
             msg = consumer.poll(0.2)
-            if msg is None or msg.error():
+            if msg is None or msg.error() or msg.timestamp()[1] < started_ms:
                 continue
             _print_fired(msg, time.time())
     except KeyboardInterrupt:
@@ -220,10 +229,11 @@ def _print_fired(msg: Any, read_at: float) -> None:
     if due:
         due_s = datetime.fromisoformat(due).timestamp()
         late = f"fired {produced_ms / 1000 - due_s:+.3f}s  read {read_at - due_s:+.3f}s"
-    console.print(
+    print(  # plain print: no markup interpretation of message contents, easy to grep
         f"{datetime.fromtimestamp(read_at).isoformat(timespec='milliseconds')}  "
         f"{headers.get('x-schedule-id', '?')}  {late}  key={msg.key()!r}  "
-        f"{(msg.value() or b'')[:200]!r}"
+        f"{(msg.value() or b'')[:200]!r}",
+        flush=True,
     )
 
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -71,6 +71,7 @@ class SyncService:
         transfer_horizon_seconds: float,
         retention_days: int,
         batch_size: int = 10_000,
+        on_run: Callable[[str, float, int], None] | None = None,
     ) -> None:
         self._near = near
         self._far = far
@@ -79,6 +80,7 @@ class SyncService:
         self._horizon = timedelta(seconds=transfer_horizon_seconds)
         self._retention = timedelta(days=retention_days)
         self._batch = batch_size
+        self._on_run = on_run or (lambda _result, _seconds, _moved: None)
         self._lock = asyncio.Lock()  # one sync at a time within this process
         self.runs = 0
         self.moved_total = 0
@@ -95,6 +97,7 @@ class SyncService:
                 moved = await self._sync_under_lease()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._on_run("error", time.perf_counter() - started, 0)
                 raise
             self.runs += 1
             self.moved_total += moved
@@ -102,6 +105,7 @@ class SyncService:
             self.last_error = None
             self.last_run_at = self._clock.now()
             self.last_duration_s = time.perf_counter() - started
+            self._on_run("ok", self.last_duration_s, moved)
             return moved
 
     async def _sync_under_lease(self) -> int:

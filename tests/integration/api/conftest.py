@@ -137,7 +137,9 @@ class ApiServer:
     """uvicorn serving ``app`` on a socket bound to a free loopback port, in its own thread."""
 
     def __init__(self, app: FastAPI, on_close: Callable[[], Awaitable[None]]) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets; with proto 0 every
+        # keep-alive response waited ~40 ms for a delayed ACK (headers and body are two writes).
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))  # bound here: no race for the port
         self.port = int(self._sock.getsockname()[1])

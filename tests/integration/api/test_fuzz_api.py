@@ -15,7 +15,7 @@ from schemathesis import GenerationMode
 from .conftest import Api, ApiFactory
 
 KEY = "fuzz-key-0123456789"
-MAX_EXAMPLES = 150  # ~10 s per run on an idle 2-core machine
+MAX_EXAMPLES = 300  # ~10 s per run on an idle 2-core machine
 
 
 def _fuzz(api: Api, mode: GenerationMode, headers: dict[str, str] | None = None) -> list[int]:

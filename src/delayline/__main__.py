@@ -1,0 +1,5 @@
+"""``python -m delayline``: the CLI."""
+
+from delayline.cli import main
+
+main()

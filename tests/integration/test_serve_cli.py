@@ -1,0 +1,102 @@
+"""`delayline serve` on embedded defaults, driven by the CLI from another process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from delayline.adapters.embedded import free_port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SCHEDULES_DATA_DIR": str(tmp_path / "data"),
+        "SCHEDULES_API_PORT": str(port),
+    }
+    for key in ("SCHEDULES_REDIS_URL", "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS"):
+        env.pop(key, None)
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "delayline", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/api/v1/schedules/monitoring/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("service did not become healthy")
+        yield env, base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_schedule_with_cli_and_watch_it_fire_with_tail(
+    served: tuple[dict[str, str], str],
+) -> None:
+    env, base = served
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "delayline", "tail", "cli.demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert tail.stdout is not None
+        assert "watching cli.demo" in tail.stdout.readline()
+        out = _cli(env, "schedule", "cli.demo", '{"hello": 1}', "--in", "2s", "--api-url", base)
+        schedule_id = out.strip()
+        assert re.fullmatch(r"[0-9a-f]{32}", schedule_id)
+        line = tail.stdout.readline()
+        assert schedule_id in line
+        fired = re.search(r"fired ([+-]\d+\.\d+)s", line)
+        assert fired is not None
+        assert 0 <= float(fired.group(1)) < 1.0
+    finally:
+        tail.terminate()
+        tail.wait(10)
+        if tail.stdout is not None:
+            tail.stdout.close()
+    stats = _cli(env, "stats", "--api-url", base)
+    assert '"redis_pending"' in stats
+    later = _cli(env, "schedule", "cli.demo", "x", "--in", "1h", "--api-url", base).strip()
+    assert later in _cli(env, "cancel", later, "--api-url", base)
