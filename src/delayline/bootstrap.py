@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from redis.asyncio import Redis
@@ -34,6 +34,7 @@ from delayline.domain.routing import Tier
 from delayline.health import DependencyHealth, MetricsSink
 from delayline.metrics import Metrics
 from delayline.ports import Clock, OutcomeSink
+from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.ingress import DelayedEventsConsumer
@@ -92,6 +93,12 @@ class Application:
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.sink = FanOutSink(MetricsSink(self.metrics))
+        self.breakers = {
+            name: CircuitBreaker(name, on_change=self._breaker_changed)
+            for name in ("redis", "clickhouse", "kafka_producer", "kafka_consumer")
+        }
+        for name in self.breakers:
+            self.metrics.set_breaker_state(name, "closed")
         self.api_server: uvicorn.Server | None = None
         self._valkey: EmbeddedValkey | None = None
         self._tansu: EmbeddedTansu | None = None
@@ -135,9 +142,11 @@ class Application:
         await self._start_redis()
         await self._start_kafka()
         assert self._redis is not None
-        self.near = RedisNearTermStore(
+        near = RedisNearTermStore(
             self._redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
         )
+        # Guarded adapters keep their type's interface; outages become DependencyUnavailable.
+        self.near = cast(RedisNearTermStore, Guarded(near, self.breakers["redis"]))
         await self._start_clickhouse()
         assert self.far is not None
         self.sync = SyncService(
@@ -196,7 +205,8 @@ class Application:
             await run_migrations(
                 self.clickhouse, ttl_days=s.execution_history_ttl_days, progress=log.info
             )
-        self.far = ClickHouseLongTermStore(self.clickhouse)
+        far = ClickHouseLongTermStore(self.clickhouse)
+        self.far = cast(ClickHouseLongTermStore, Guarded(far, self.breakers["clickhouse"]))
 
     async def _start_analytics(self) -> None:
         s = self.settings
@@ -223,7 +233,13 @@ class Application:
             [s.kafka_delayed_topic_name, s.kafka_dead_letter_topic_name],
             s.kafka_client_options,
         )
-        source = KafkaDelayedSource.from_settings(s, self.bootstrap_servers)
+        source = cast(
+            KafkaDelayedSource,
+            Guarded(
+                KafkaDelayedSource.from_settings(s, self.bootstrap_servers),
+                self.breakers["kafka_consumer"],
+            ),
+        )
         self.consumer = DelayedEventsConsumer(
             self.service, source, clock=self.clock, on_dead_letter=self.metrics.dead_lettered
         )
@@ -244,7 +260,13 @@ class Application:
             assert self.publisher is not None
             return await self.publisher.ping(timeout=1.5)
 
-        return DependencyHealth({"redis": redis_ok, "clickhouse": clickhouse_ok, "kafka": kafka_ok})
+        return DependencyHealth(
+            {"redis": redis_ok, "clickhouse": clickhouse_ok, "kafka": kafka_ok},
+            breakers=lambda: {n: b.state.value for n, b in self.breakers.items()},
+        )
+
+    def _breaker_changed(self, name: str, state: str) -> None:
+        self.metrics.set_breaker_state(name, state)
 
     async def _start_api(self) -> None:
         s = self.settings
@@ -309,7 +331,7 @@ class Application:
         assert self.publisher is not None
         self.dispatcher = Dispatcher(
             self.near,
-            self.publisher,
+            GuardedPublisher(self.publisher, self.breakers["kafka_producer"]),
             self.sink,
             self.clock,
             DispatcherConfig(

@@ -1,0 +1,189 @@
+"""Circuit breakers, and the guard that puts one in front of an adapter.
+
+A breaker per dependency (Redis, ClickHouse, Kafka producer, Kafka consumer):
+
+- **closed**: calls go through; ``failure_threshold`` consecutive failures of class
+  ``UNAVAILABLE`` (see :mod:`delayline.errors`) open it. Bad input never counts.
+- **open**: calls fail at once with :class:`DependencyUnavailable` (HTTP 503 + ``Retry-After``,
+  the consumer pauses, the dispatcher waits) instead of piling up timeouts.
+- **half-open** after ``reset_timeout``: up to ``half_open_max_calls`` probes go through;
+  ``success_threshold`` successes close it (gradual recovery), one failure opens it again
+  with a doubled timeout (up to ``max_reset_timeout``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from delayline.errors import DependencyUnavailable, ErrorClass, classify
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class BreakerState(StrEnum):
+    """The three states of a circuit breaker."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """A small async circuit breaker (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 2.0,
+        max_reset_timeout: float = 30.0,
+        half_open_max_calls: int = 1,
+        success_threshold: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._failure_threshold = failure_threshold
+        self._base_timeout = reset_timeout
+        self._max_timeout = max_reset_timeout
+        self._timeout = reset_timeout
+        self._half_open_max = half_open_max_calls
+        self._success_threshold = success_threshold
+        self._clock = clock
+        self._on_change = on_change or (lambda _name, _state: None)
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._successes = 0
+        self._probes = 0
+        self._opened_at = 0.0
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an open breaker turns half-open once its timeout passed)."""
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._timeout:
+            self._set(BreakerState.HALF_OPEN)
+        return self._state
+
+    def _set(self, state: BreakerState) -> None:
+        if state is self._state:
+            return
+        log.warning("circuit breaker %s: %s -> %s", self.name, self._state, state)
+        self._state = state
+        self._successes = 0
+        self._probes = 0
+        self._on_change(self.name, state.value)
+
+    def allow(self) -> bool:
+        """Whether a call may go through now (a half-open breaker admits a few probes)."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and self._probes < self._half_open_max:
+            self._probes += 1
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """A call succeeded."""
+        self._failures = 0
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = max(0, self._probes - 1)
+            self._successes += 1
+            if self._successes >= self._success_threshold:
+                self._timeout = self._base_timeout
+                self._set(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        """A call failed because the dependency is unavailable."""
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN:
+            self._timeout = min(self._max_timeout, self._timeout * 2)
+            self._open()
+        elif self._state is BreakerState.CLOSED and self._failures >= self._failure_threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._set(BreakerState.OPEN)
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` through the breaker; unavailability becomes :class:`DependencyUnavailable`."""
+        if not self.allow():
+            raise DependencyUnavailable(self.name, "circuit open")
+        try:
+            result = await fn(*args, **kwargs)
+        except DependencyUnavailable:
+            self.record_failure()
+            raise
+        except Exception as exc:
+            if classify(exc) is ErrorClass.UNAVAILABLE:
+                self.record_failure()
+                raise DependencyUnavailable(self.name, f"{type(exc).__name__}: {exc}") from exc
+            self.record_success()  # the dependency answered; the call itself was wrong
+            raise
+        self.record_success()
+        return result
+
+
+class Guarded:
+    """Proxy of an adapter whose coroutine methods go through a :class:`CircuitBreaker`.
+
+    Other attributes (properties, sync methods, async generators) pass through unchanged.
+    """
+
+    def __init__(self, target: object, breaker: CircuitBreaker) -> None:
+        self._target = target
+        self.breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            return await self.breaker.call(attr, *args, **kwargs)
+
+        return guarded
+
+
+class GuardedPublisher:
+    """The Kafka producer behind a breaker fed by delivery reports.
+
+    ``publish`` never raises for unavailability: while the breaker is open every event gets a
+    :class:`DependencyUnavailable` result, which the dispatcher retries later without counting
+    it against the event.
+    """
+
+    def __init__(self, publisher: Any, breaker: CircuitBreaker) -> None:
+        self._publisher = publisher
+        self.breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._publisher, name)
+
+    async def publish(self, events: Sequence[Any]) -> list[BaseException | float]:
+        """Publish unless the breaker is open; feed it with the delivery outcomes."""
+        if not events:
+            return []
+        if not self.breaker.allow():
+            return [DependencyUnavailable(self.breaker.name, "circuit open") for _ in events]
+        results: list[BaseException | float] = await self._publisher.publish(events)
+        delivered = any(not isinstance(r, BaseException) for r in results)
+        unavailable = any(
+            isinstance(r, BaseException) and classify(r) is ErrorClass.UNAVAILABLE for r in results
+        )
+        if delivered or not unavailable:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+        return results
