@@ -9,7 +9,9 @@ Cluster slot; the tag is the unit of sharding):
 - ``{p}:inflight`` ZSET  id → lease deadline (epoch µs)
 - ``{p}:leases``   HASH  id → ``token|score``: the fence for acks, and where a reaped event returns
 - ``{p}:counts``   HASH  status → total
-- ``{p}:r:<id>``   STRING final status of a fired event, kept ``result_ttl_seconds``
+- ``{p}:results:<n>`` HASH id → final status, one hash per ``result_ttl_seconds`` of time: an
+                         outcome is remembered between one and two TTLs (one EXPIRE per bucket,
+                         not one key per event)
 - channel ``{p}:wake`` carries the due time of an event that became the earliest.
 
 Among equal due times the member prefix ``%08x`` of ``2**31 - 1 - priority`` makes higher
@@ -18,6 +20,7 @@ priorities sort (and fire) first.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -74,9 +77,10 @@ class RedisNearTermStore:
             )
         }
 
-    def result_key(self, schedule_id: str) -> str:
-        """Key remembering the final state of ``schedule_id``."""
-        return f"{self._tag}:r:{schedule_id}"
+    def result_buckets(self) -> tuple[str, str]:
+        """The current and the previous results hash (outcomes are looked up in both)."""
+        bucket = int(time.time()) // max(1, self._result_ttl)
+        return f"{self._tag}:results:{bucket}", f"{self._tag}:results:{bucket - 1}"
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=list(keys), args=list(args))
@@ -89,11 +93,10 @@ class RedisNearTermStore:
         """Insert-if-absent for every event, atomically, in one round trip."""
         if not events:
             return []
-        keys = [self.due_key, self.payload_key, self.counts_key]
+        keys = [self.due_key, self.payload_key, self.counts_key, *self.result_buckets()]
         args: list[Any] = [self.channel]
         for event in events:
             prefix = member_prefix(event.priority)
-            keys.append(self.result_key(event.schedule_id))
             args += [
                 event.schedule_id,
                 event.due_us,
@@ -123,14 +126,21 @@ class RedisNearTermStore:
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int = 0) -> int:
         """Final states for events still leased under ``token``; others are left alone."""
-        if not finished:
-            return 0
-        keys = [self.inflight_key, self.leases_key, self.payload_key, self.counts_key]
-        args: list[Any] = [token, self._result_ttl, now_us]
+        groups: dict[tuple[str, str], list[str]] = {}
         for item in finished:
-            keys.append(self.result_key(item.schedule_id))
-            args += [item.schedule_id, item.status.value, item.reason or ""]
-        return int(await self._run("ack", keys, args))
+            groups.setdefault((item.status.value, item.reason or ""), []).append(item.schedule_id)
+        keys = [
+            self.inflight_key,
+            self.leases_key,
+            self.payload_key,
+            self.counts_key,
+            self.result_buckets()[0],
+        ]
+        acked = 0
+        for (status, reason), ids in groups.items():
+            args = [token, self._result_ttl, now_us, status, reason, *ids]
+            acked += int(await self._run("ack", keys, args))
+        return acked
 
     async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
         """Back to the due set at ``due_us``, keeping the original ``scheduled_at``."""
@@ -153,7 +163,7 @@ class RedisNearTermStore:
         """Cancel a pending event; an event already leased is firing and is not recalled."""
         done = await self._run(
             "cancel",
-            [self.due_key, self.payload_key, self.counts_key, self.result_key(schedule_id)],
+            [self.due_key, self.payload_key, self.counts_key, self.result_buckets()[0]],
             [schedule_id, self._result_ttl, now_us],
         )
         return bool(done)
@@ -217,7 +227,7 @@ class RedisNearTermStore:
         """The event if pending or leased; a stub with its final status if remembered."""
         value, lease, _score, result = await self._run(
             "get",
-            [self.due_key, self.payload_key, self.leases_key, self.result_key(schedule_id)],
+            [self.due_key, self.payload_key, self.leases_key, *self.result_buckets()],
             [schedule_id],
         )
         if value:
@@ -264,7 +274,7 @@ class RedisNearTermStore:
         """Remove this store's keys (its own prefix only; never FLUSHALL). For tests and tools."""
         keys = [self.due_key, self.payload_key, self.inflight_key, self.leases_key, self.counts_key]
         await self._redis.delete(*keys)
-        async for key in self._redis.scan_iter(match=f"{self._tag}:r:*", count=1000):
+        async for key in self._redis.scan_iter(match=f"{self._tag}:results:*", count=1000):
             await self._redis.delete(key)
 
 

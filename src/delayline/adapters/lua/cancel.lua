@@ -1,13 +1,16 @@
 -- Cancel a pending event (one already leased is firing and cannot be recalled).
--- KEYS: due, payload, counts, result key
+-- KEYS: due, payload, counts, results (current bucket)
 -- ARGV: id, result ttl seconds, now_us
 -- Returns 1 if cancelled, 0 if not pending here.
-local due, payload, counts, result_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local due, payload, counts, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local value = redis.call('HGET', payload, id)
 if not value then return 0 end
 if redis.call('ZREM', due, string.sub(value, 1, 9) .. id) == 0 then return 0 end
 redis.call('HDEL', payload, id)
 redis.call('HINCRBY', counts, 'cancelled', 1)
-if ttl > 0 then redis.call('SET', result_key, 'cancelled|' .. now .. '|', 'EX', ttl) end
+if ttl > 0 then
+  redis.call('HSET', results, id, 'cancelled|' .. now .. '|')
+  redis.call('EXPIRE', results, 2 * ttl)
+end
 return 1

@@ -1,17 +1,17 @@
 -- Insert events unless their schedule_id is pending, leased or remembered as finished.
--- KEYS: due, payload, counts, then one result key per event
+-- KEYS: due, payload, counts, results (current bucket), results (previous bucket)
 -- ARGV: channel, then per event: id, score, member, value
 -- Returns one 1 (inserted) or 0 (already there) per event; wakes dispatchers when the
 -- earliest due time moved earlier.
-local due, payload, counts = KEYS[1], KEYS[2], KEYS[3]
+local due, payload, counts, recent, older = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel = ARGV[1]
 local out = {}
 local min_score = nil
 local n = 0
 for i = 2, #ARGV, 4 do
   local id, score, member, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local result_key = KEYS[4 + (i - 2) / 4]
-  if redis.call('HEXISTS', payload, id) == 1 or redis.call('EXISTS', result_key) == 1 then
+  if redis.call('HEXISTS', payload, id) == 1 or redis.call('HEXISTS', recent, id) == 1
+      or redis.call('HEXISTS', older, id) == 1 then
     out[#out + 1] = 0
   else
     redis.call('HSET', payload, id, value)
