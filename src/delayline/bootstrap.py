@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -397,8 +398,8 @@ class Application:
 
         def on_signal() -> None:
             if stop.is_set():
-                log.warning("second signal: exiting now")
-                raise SystemExit(1)
+                log.warning("second signal: exiting now without draining")
+                os._exit(130)
             log.info("signal received: draining (again to exit at once)")
             stop.set()
 

@@ -132,8 +132,12 @@ class SchedulerApi(Protocol):
         body-size limit and default ``max_delay_seconds``."""
         ...
 
-    async def schedule_events(self, events: Sequence[ScheduledEvent]) -> list[bool]:
-        """Store validated events in their tier, durably; True where new (False: id existed)."""
+    async def schedule_events(
+        self, events: Sequence[ScheduledEvent], source: str = "api"
+    ) -> list[bool]:
+        """Store validated events in their tier, durably; True where new (False: id existed).
+
+        ``source`` (api, http, kafka) labels the scheduling metrics."""
         ...
 
     async def cancel_event(self, schedule_id: str) -> bool:

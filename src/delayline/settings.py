@@ -7,12 +7,14 @@ matched case-insensitively.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "SCHEDULES_"
 
@@ -128,6 +130,10 @@ def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment; raise :class:`SettingsError` naming bad variables."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SourceError as exc:  # a complex value (list, dict) that is not valid JSON
+        match = re.search(r'field "([a-z_]+)"', str(exc))
+        name = ENV_PREFIX + (match.group(1).upper() if match else "?")
+        raise SettingsError(f"invalid settings:\n  {name}: must be valid JSON") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -71,7 +71,7 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
             ]
         else:
             events = [build_event(service, request, now)]
-        created = await service.schedule_events(events)
+        created = await service.schedule_events(events, source="http")
         results = [
             ScheduleResult(schedule_id=ev.schedule_id, created=new, scheduled_at=ev.scheduled_at)
             for ev, new in zip(events, created, strict=True)

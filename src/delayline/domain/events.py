@@ -95,7 +95,10 @@ def as_utc(value: datetime) -> datetime:
     """An aware UTC datetime; a naive one (``datetime.utcnow()``) is taken as UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidEventError("scheduled_at", "is out of range") from None
 
 
 def to_epoch_us(value: datetime) -> int:
@@ -198,7 +201,15 @@ def _check_text(name: str, value: object, *, allow_empty: bool = True, limit: in
         raise InvalidEventError(name, "must not be empty")
     if len(value) > limit:
         raise InvalidEventError(name, f"is longer than {limit} characters")
+    _check_utf8(name, value)
     return value
+
+
+def _check_utf8(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEventError(name, "contains characters that are not valid UTF-8") from None
 
 
 def validate_topic(topic: object, field_name: str = "topic") -> str:
@@ -261,6 +272,8 @@ def validate_headers(headers: object) -> dict[str, str]:
             raise InvalidEventError(
                 "headers", f"{key!r} is reserved; it is set when the event fires"
             )
+        _check_utf8("headers", key)
+        _check_utf8("headers", value)
         total += len(key) + len(value)
         out[key] = value
     if total > MAX_HEADER_BYTES:

@@ -254,7 +254,9 @@ class DelayedEventsConsumer:
         if not group:
             return
         try:
-            results = await self._scheduler.schedule_events([ev for _, ev in group])
+            results = await self._scheduler.schedule_events(
+                [ev for _, ev in group], source="kafka"
+            )
         except Exception as exc:
             if self._unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
@@ -262,7 +264,7 @@ class DelayedEventsConsumer:
             results = []
             for msg, event in group:
                 try:
-                    results += await self._scheduler.schedule_events([event])
+                    results += await self._scheduler.schedule_events([event], source="kafka")
                 except Exception as one:
                     if self._unavailable(one):
                         raise _StoreUnavailable(str(one)) from one

@@ -46,7 +46,9 @@ class StoreService:
     def build_event(self, **fields: Any) -> ScheduledEvent:
         return new_event(max_body_bytes=self.max_body_bytes, **fields)
 
-    async def schedule_events(self, events: Sequence[ScheduledEvent]) -> list[bool]:
+    async def schedule_events(
+        self, events: Sequence[ScheduledEvent], source: str = "api"
+    ) -> list[bool]:
         return await self.store.schedule(events)
 
     async def cancel_event(self, schedule_id: str) -> bool:
