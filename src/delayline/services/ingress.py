@@ -254,9 +254,7 @@ class DelayedEventsConsumer:
         if not group:
             return
         try:
-            results = await self._scheduler.schedule_events(
-                [ev for _, ev in group], source="kafka"
-            )
+            results = await self._scheduler.schedule_events([ev for _, ev in group], source="kafka")
         except Exception as exc:
             if self._unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
