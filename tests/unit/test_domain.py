@@ -105,7 +105,7 @@ def test_codec_round_trip(body: str, headers: dict[str, str], priority: int) -> 
         )
     except InvalidEventError:
         return  # surrogates or reserved names: rejected before storage
-    back = decode_event(encode_event(event))
+    back = decode_event(encode_event(event), event.schedule_id)
     assert back == event
 
 

@@ -120,8 +120,8 @@ class RedisNearTermStore:
             value: bytes = flat[i + 2]
             if not value:
                 continue  # payload vanished: nothing to fire (cannot happen via the scripts)
-            event = decode_event(value[_PREFIX_LEN:], EventStatus.PROCESSING)
-            events.append(event)
+            schedule_id = flat[i].decode()
+            events.append(decode_event(value[_PREFIX_LEN:], schedule_id, EventStatus.PROCESSING))
         return Claim(token=token, events=events)
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int = 0) -> int:
@@ -191,9 +191,9 @@ class RedisNearTermStore:
         """Move a pending event (compare-and-set on its payload, retried on a race)."""
         for _ in range(5):
             current = await self._redis.hget(self.payload_key, schedule_id)
-            if current is None:
+            if not isinstance(current, bytes):
                 return False
-            event = decode_event(current[_PREFIX_LEN:])
+            event = decode_event(current[_PREFIX_LEN:], schedule_id)
             moved = _with_due(event, due_us)
             prefix = member_prefix(moved.priority)
             done = int(
@@ -233,7 +233,7 @@ class RedisNearTermStore:
         if value:
             status = EventStatus.PROCESSING if lease else EventStatus.PENDING
             # scheduled_at stays the original while a retry waits (the score is the retry time)
-            return decode_event(value[_PREFIX_LEN:], status)
+            return decode_event(value[_PREFIX_LEN:], schedule_id, status)
         if result:
             return _finished_stub(schedule_id, result)
         return None

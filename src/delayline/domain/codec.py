@@ -1,6 +1,9 @@
-"""Compact JSON form of a :class:`ScheduledEvent`, shared by the stores.
+"""Compact stored form of a :class:`ScheduledEvent` (the Redis tier's payload).
 
-Short keys keep Redis memory per pending event small (DESIGN.md: ≈ 473 B with a 300-byte body).
+``<JSON of the fields>\\n<body>``: the body is stored raw after the first newline (JSON never
+contains a raw newline), so a JSON body is not escaped a second time; the schedule id is not
+stored (it is the hash field), nor are empty or default fields. This keeps Redis memory per
+pending event small (DESIGN.md: ≈ 473 B budget with a 300-byte body).
 """
 
 from __future__ import annotations
@@ -9,47 +12,55 @@ from typing import Any
 
 import orjson
 
-from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us, to_epoch_us
+from delayline.domain.events import (
+    DEFAULT_MAX_DELAY_SECONDS,
+    EventStatus,
+    ScheduledEvent,
+    from_epoch_us,
+    to_epoch_us,
+)
 
 
 def encode_event(event: ScheduledEvent) -> bytes:
-    """Serialize ``event`` (status excluded: the store knows it)."""
-    doc: dict[str, Any] = {
-        "i": event.schedule_id,
-        "t": event.topic,
-        "e": event.entity_type,
-        "a": event.action,
-        "b": event.body,
-        "c": event.correlation_id,
-        "s": event.due_us,
-        "m": event.max_delay_seconds,
-        "p": event.priority,
-        "k": to_epoch_us(event.created_at),
-    }
+    """Serialize ``event`` without its id and status (the store knows both)."""
+    doc: dict[str, Any] = {"t": event.topic, "s": event.due_us, "k": to_epoch_us(event.created_at)}
+    if event.entity_type:
+        doc["e"] = event.entity_type
+    if event.action:
+        doc["a"] = event.action
+    if event.correlation_id:
+        doc["c"] = event.correlation_id
+    if event.max_delay_seconds != DEFAULT_MAX_DELAY_SECONDS:
+        doc["m"] = event.max_delay_seconds
+    if event.priority:
+        doc["p"] = event.priority
     if event.headers:
         doc["h"] = dict(event.headers)
     if event.attempts:
         doc["n"] = event.attempts
     if event.last_error:
         doc["x"] = event.last_error
-    return orjson.dumps(doc)
+    return orjson.dumps(doc) + b"\n" + event.body.encode()
 
 
-def decode_event(raw: bytes | str, status: EventStatus = EventStatus.PENDING) -> ScheduledEvent:
-    """The event serialized by :func:`encode_event`, in ``status``."""
-    doc = orjson.loads(raw)
+def decode_event(
+    raw: bytes, schedule_id: str, status: EventStatus = EventStatus.PENDING
+) -> ScheduledEvent:
+    """The event serialized by :func:`encode_event`, with its id and ``status``."""
+    meta, _, body = raw.partition(b"\n")
+    doc = orjson.loads(meta)
     created = from_epoch_us(doc["k"])
     return ScheduledEvent(
-        schedule_id=doc["i"],
+        schedule_id=schedule_id,
         topic=doc["t"],
-        entity_type=doc["e"],
-        action=doc["a"],
-        body=doc["b"],
-        correlation_id=doc["c"],
+        entity_type=doc.get("e", ""),
+        action=doc.get("a", ""),
+        body=body.decode(),
+        correlation_id=doc.get("c", ""),
         headers=doc.get("h", {}),
         scheduled_at=from_epoch_us(doc["s"]),
-        max_delay_seconds=doc["m"],
-        priority=doc["p"],
+        max_delay_seconds=doc.get("m", DEFAULT_MAX_DELAY_SECONDS),
+        priority=doc.get("p", 0),
         status=status,
         created_at=created,
         updated_at=created,
