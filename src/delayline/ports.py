@@ -106,6 +106,14 @@ class LongTermStore(Protocol):
         """Move a pending event to a new due time; True if it was pending."""
         ...
 
+    async def counts(self) -> dict[str, int]:
+        """Events per status."""
+        ...
+
+    async def next_due(self) -> datetime | None:
+        """Due time of the earliest pending event."""
+        ...
+
 
 class EventPublisher(Protocol):
     """Publishes fired events to their Kafka topics."""

@@ -82,6 +82,9 @@ async def test_routing_at_the_horizon_boundary(hybrid: Hybrid) -> None:
     assert got.schedule_id == over
     stats = await hybrid.service.get_stats()
     assert stats["redis_pending"] == 2
+    assert stats["clickhouse_pending"] == 1
+    assert stats["pending"] == 3
+    assert stats["clickhouse_next_due_at"] == (edge + timedelta(microseconds=1)).isoformat()
 
 
 async def test_sync_moves_due_soon_events_once(hybrid: Hybrid) -> None:

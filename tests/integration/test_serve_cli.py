@@ -100,3 +100,27 @@ def test_schedule_with_cli_and_watch_it_fire_with_tail(
     assert '"redis_pending"' in stats
     later = _cli(env, "schedule", "cli.demo", "x", "--in", "1h", "--api-url", base).strip()
     assert later in _cli(env, "cancel", later, "--api-url", base)
+
+
+def test_migrate_twice_is_a_no_op(tmp_path: Path) -> None:
+    env = {**os.environ, "SCHEDULES_DATA_DIR": str(tmp_path / "data")}
+    first = _cli(env, "migrate")
+    assert "applying 001" in first
+    assert "migration(s) applied" in first
+    second = _cli(env, "migrate")
+    assert "schema is up to date" in second
+
+
+def test_invalid_setting_stops_start_up_with_a_clear_message(tmp_path: Path) -> None:
+    env = {**os.environ, "SCHEDULES_DATA_DIR": str(tmp_path), "SCHEDULES_LEASE_SECONDS": "-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "SCHEDULES_LEASE_SECONDS" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -230,9 +230,12 @@ class SchedulerService:
             },
             "clickhouse_pending": 0,
         }
-        far_stats = getattr(self._far, "stats", None)
-        if far_stats is not None:
-            stats.update(await far_stats())
+        if self._far is not None:
+            far_counts = await self._far.counts()
+            far_next = await self._far.next_due()
+            stats["clickhouse_pending"] = far_counts.get("pending", 0)
+            stats["clickhouse_status_counts"] = far_counts
+            stats["clickhouse_next_due_at"] = far_next.isoformat() if far_next else None
         if self._sync is not None:
             stats["sync"] = self._sync.stats()
         stats["pending"] = stats["redis_pending"] + stats["clickhouse_pending"]
