@@ -24,10 +24,14 @@ class Clock(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A batch of due events leased to one dispatcher; ``token`` fences its acks."""
+    """A batch of due events leased to one dispatcher; ``token`` fences its acks.
+
+    ``next_due_us``: due time of the earliest event left pending after the claim (None: none).
+    """
 
     token: str
     events: Sequence[ScheduledEvent]
+    next_due_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,10 @@ async def test_claim_orders_by_time_then_priority(store: RedisNearTermStore) -> 
     await store.schedule(evs)
     claim = await store.claim(to_epoch_us(now), 100, 30)
     assert [e.schedule_id for e in claim.events] == ["early", "p5", "p2", "p0", "p-3"]
+    assert claim.next_due_us == evs[-1].due_us  # the "later" one: the next wake-up
+    empty = await store.claim(to_epoch_us(now), 100, 30)
+    assert empty.events == []
+    assert empty.next_due_us == evs[-1].due_us
     assert all(e.status == EventStatus.PROCESSING for e in claim.events)
     assert (await store.counts())["processing"] == 5
 

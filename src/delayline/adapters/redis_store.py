@@ -116,13 +116,15 @@ class RedisNearTermStore:
             [now_us, limit, deadline, token],
         )
         events = []
+        tail = flat.pop() if flat else b""
+        next_due = int(float(tail)) if tail else None
         for i in range(0, len(flat), 3):
             value: bytes = flat[i + 2]
             if not value:
                 continue  # payload vanished: nothing to fire (cannot happen via the scripts)
             schedule_id = flat[i].decode()
             events.append(decode_event(value[_PREFIX_LEN:], schedule_id, EventStatus.PROCESSING))
-        return Claim(token=token, events=events)
+        return Claim(token=token, events=events, next_due_us=next_due)
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int = 0) -> int:
         """Final states for events still leased under ``token``; others are left alone."""

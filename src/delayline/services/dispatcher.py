@@ -121,7 +121,7 @@ class Dispatcher:
             task.add_done_callback(self._batches.discard)
             return
         self._slots.release()
-        next_due = await self._store.next_due_us()
+        next_due = claim.next_due_us
         timeout = self._config.max_sleep_seconds
         if next_due is not None:
             timeout = min(timeout, max(0.0, (next_due - self._now_us()) / 1e6))

@@ -1,12 +1,17 @@
 -- Lease up to ARGV[2] events due at ARGV[1] to the holder of token ARGV[4] until ARGV[3].
 -- KEYS: due, payload, inflight, leases
 -- Returns a flat list: id, score, value for each claimed event, earliest (then highest
--- priority: members sort by an inverted-priority prefix among equal scores) first.
+-- priority: members sort by an inverted-priority prefix among equal scores) first, then the
+-- due score of the earliest event left ('' if none): the caller's next wake-up, no extra trip.
 local due, payload, inflight, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, limit, deadline, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local members = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
 local count = #members / 2
-if count == 0 then return {} end
+local function next_due()
+  local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  return head[2] or ''
+end
+if count == 0 then return {next_due()} end
 redis.call('ZREMRANGEBYRANK', due, 0, count - 1)
 local out = {}
 local chunk = 500
@@ -31,4 +36,5 @@ for start = 1, count, chunk do
     out[#out + 1] = values[j] or ''
   end
 end
+out[#out + 1] = next_due()
 return out
