@@ -1,13 +1,18 @@
-"""Run the benchmark suite: ``python -m bench [--quick] [--only NAME ...] [--out-dir DIR]``.
+"""Run the benchmark suite: ``python -m bench [--quick] [--only NAME ...] [--repeat K]
+[--out-dir DIR]``.
 
 Starts its own embedded Valkey and Tansu, runs the scenarios in order, prints a table and writes
-``latest.json`` (``quick.json`` with ``--quick``) and PNG plots to the output folder.
+``latest.json`` (``quick.json`` with ``--quick``) and PNG plots to the output folder. The peers
+(``arq``, ``bullmq``) each get their own Valkey and are installed on first use (a venv, ``npm
+ci``); ``--quick`` skips them. ``--repeat K`` runs the key scenarios K times and records the
+median of each headline figure under ``median``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -20,27 +25,38 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import firing, memory, plots, precision, scheduling
-from bench.common import Servers, servers
-from bench.report import print_table
+from bench import firing, kafka_ingest, memory, plots, precision, scheduling
+from bench.common import Servers, median, servers
+from bench.peers import driver as peers
+from bench.report import peer_ratios, print_table
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
+_PEER_FULL = {"n": 200_000, "chunk": 5000, "rate": 2000, "duration": 60.0, "delays": (0.5, 5.0)}
+_PEER_QUICK = {"skip": "peers run in the full suite only (they need a venv and npm)"}
 FULL: dict[str, Any] = {
     "scheduling": {"n": 200_000, "chunks": (1000, 5000)},
-    "firing": {"n": 200_000, "batches": (100, 500, 1000)},
+    "kafka": {"n": 200_000},
+    "firing": {"n": 200_000, "batches": (100, 1000)},
     "precision": {"rate": 2000, "duration": 60.0, "variants": True},
     "memory": {"n": 200_000, "n_rss": 1_000_000},
     "longterm": {"n_insert": 1_000_000, "n_total": 1_000_000, "n_due": 100_000},
+    "arq": _PEER_FULL,
+    "bullmq": _PEER_FULL,
 }
 QUICK: dict[str, Any] = {
     "scheduling": {"n": 5_000, "chunks": (1000,)},
+    "kafka": {"n": 2_000},
     "firing": {"n": 5_000, "batches": (100, 1000)},
     "precision": {"rate": 300, "duration": 3.0, "variants": False},
     "memory": {"n": 5_000, "n_rss": 10_000},
     "longterm": {"n_insert": 5_000, "n_total": 5_000, "n_due": 1_000},
+    "arq": _PEER_QUICK,
+    "bullmq": _PEER_QUICK,
 }
 SCENARIOS = tuple(FULL)
+REPEATABLE = ("scheduling", "kafka", "firing", "precision")
+"""Scenarios ``--repeat`` runs more than once (the others are long and mostly stable)."""
 
 
 def _machine() -> dict[str, Any]:
@@ -81,29 +97,62 @@ def _scenario_runners(
 
     return {
         "scheduling": lambda: scheduling.run(url, s["n"], s["chunks"]),
+        "kafka": lambda: kafka_ingest.run(url, boot, sizes["kafka"]["n"]),
         "firing": lambda: firing.run(url, boot, f["n"], f["batches"]),
         "precision": lambda: precision.run(url, boot, **p),
         "memory": lambda: memory.run(url, srv.valkey.pid, m["n"], m["n_rss"]),
         "longterm": longterm,
+        "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
+        "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }
 
 
-async def _run(only: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+async def _once(name: str, runner: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    try:
+        result: dict[str, Any] = await runner()
+    except Exception as exc:  # one broken scenario must not hide the others
+        logging.exception("scenario %s failed", name)
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    result["wall_s"] = time.perf_counter() - t0
+    # the machine is shared: the load average says how much of it the run really had
+    result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    return result
+
+
+def _headline(result: dict[str, Any]) -> dict[str, float]:
+    """The top-level numbers of one scenario run (what ``--repeat`` takes medians of)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "wall_s"
+    }
+
+
+async def _run(only: list[str], sizes: dict[str, Any], repeat: int = 1) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with servers() as srv:
         runners = _scenario_runners(srv, sizes)
         for name in only:
-            print(f"→ {name} …", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            load_before = os.getloadavg()[0]
-            try:
-                results[name] = await runners[name]()
-            except Exception as exc:  # one broken scenario must not hide the others
-                logging.exception("scenario %s failed", name)
-                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            results[name]["wall_s"] = time.perf_counter() - t0
-            # the machine is shared: the load average says how much of it the run really had
-            results[name]["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+            times = repeat if name in REPEATABLE else 1
+            first: dict[str, Any] = {}
+            repeats: list[dict[str, float]] = []
+            for i in range(times):
+                print(f"→ {name} ({i + 1}/{times}) …", file=sys.stderr, flush=True)
+                if name == "precision" and i > 0:  # variants once; repeats of the headline
+                    p = {**sizes["precision"], "variants": False}
+                    result = await _once(
+                        name, functools.partial(precision.run, srv.redis_url, srv.bootstrap, **p)
+                    )
+                else:
+                    result = await _once(name, runners[name])
+                first = first or result
+                repeats.append(_headline(result))
+            if times > 1 and "error" not in first:
+                first["repeats"] = repeats
+                first["median"] = {k: median([r[k] for r in repeats if k in r]) for k in repeats[0]}
+            results[name] = first
     return results
 
 
@@ -113,18 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help=f"run {', '.join(REPEATABLE)} this many times"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     only = args.only or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
-    results = asyncio.run(_run(only, sizes))
+    results = asyncio.run(_run(only, sizes, args.repeat))
     doc = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "machine": _machine(),
         "total_wall_s": time.perf_counter() - started,
+        "repeat": args.repeat,
         "results": results,
+        "peer_ratios": peer_ratios(results),
     }
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
