@@ -18,6 +18,10 @@ from typing import Any, cast
 
 import uvicorn
 from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
@@ -195,7 +199,14 @@ class Application:
             self.redis_url = await asyncio.to_thread(self._valkey.start)
         else:
             self.redis_url = s.redis_url.get_secret_value()
-        self._redis = Redis.from_url(self.redis_url, health_check_interval=10)
+        # A connection that died with a restarted server fails once per pooled connection:
+        # retry on a fresh one rather than lose, say, a whole batch's acknowledgement.
+        self._redis = Redis.from_url(
+            self.redis_url,
+            health_check_interval=10,
+            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         await self._redis.ping()
 
     async def _start_clickhouse(self) -> None:
@@ -294,6 +305,7 @@ class Application:
         log.info("HTTP API on http://%s:%d (docs at /docs)", s.api_host, s.api_port)
 
     async def _refresh_gauges(self) -> None:
+        s = self.settings
         while not self._stopping.is_set():
             try:
                 if self.near is not None:
@@ -304,6 +316,13 @@ class Application:
                     self.metrics.set_pending(Tier.CLICKHOUSE.value, far_counts["pending"])
                 if self.dispatcher is not None:
                     self.metrics.set_claims_in_flight(self.dispatcher.claims_in_flight)
+                if self.consumer is not None:  # a restarted in-memory broker lost its topics
+                    await asyncio.to_thread(
+                        ensure_topics,
+                        self.bootstrap_servers,
+                        [s.kafka_delayed_topic_name, s.kafka_dead_letter_topic_name],
+                        s.kafka_client_options,
+                    )
             except Exception as exc:
                 log.debug("gauge refresh failed: %s", exc)
             with contextlib.suppress(TimeoutError):

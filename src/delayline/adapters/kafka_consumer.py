@@ -39,6 +39,11 @@ from delayline.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_REASON_BYTES = 4096
+_DLQ_VALUE_LIMIT = 900_000
+"""Dead-letter values are cut to this many bytes: librdkafka's default ``message.max.bytes``
+(1,000,000) must still fit the headers. A bigger original (a broker may accept one) would
+otherwise never reach the dead-letter topic and block its partition."""
+H_DLQ_TRUNCATED = "x-dlq-original-size"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +256,14 @@ class KafkaDelayedSource:
                 (H_DLQ_SOURCE_PARTITION, str(msg.partition).encode()),
                 (H_DLQ_SOURCE_OFFSET, str(msg.offset).encode()),
             ]
+            value = msg.value
+            if value is not None and len(value) > _DLQ_VALUE_LIMIT:
+                headers.append((H_DLQ_TRUNCATED, str(len(value)).encode()))
+                value = value[:_DLQ_VALUE_LIMIT]
             self._producer.produce(
                 self.dead_letter_topic,
                 key=msg.key,
-                value=msg.value,
+                value=value,
                 headers=headers,
                 on_delivery=on_delivery,
             )

@@ -29,6 +29,10 @@ _UNAVAILABLE_CODES = frozenset(
         KafkaError._TIMED_OUT,
         KafkaError._RESOLVE,
         KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._FATAL,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError._DESTROY,
     }
 )
 _PERMANENT_CODES = frozenset(
@@ -43,12 +47,16 @@ _PERMANENT_CODES = frozenset(
 
 
 def classify_kafka_error(error: KafkaError) -> PublishError:
-    """Turn a librdkafka error into a :class:`PublishError` with its class."""
+    """Turn a librdkafka error into a :class:`PublishError` with its class.
+
+    A *fatal* error breaks the producer instance (e.g. ``UNKNOWN_PRODUCER_ID`` after a broker
+    lost its state), not the event: it is ``UNAVAILABLE``, and the producer is rebuilt.
+    """
     code = error.code()
-    if code in _UNAVAILABLE_CODES:
-        kind = ErrorClass.UNAVAILABLE
-    elif code in _PERMANENT_CODES or error.fatal():
+    if code in _PERMANENT_CODES:
         kind = ErrorClass.PERMANENT
+    elif code in _UNAVAILABLE_CODES or error.fatal():
+        kind = ErrorClass.UNAVAILABLE
     else:
         kind = ErrorClass.TRANSIENT
     return PublishError(f"{error.name()}: {error.str()}", kind, code)
@@ -86,13 +94,15 @@ class KafkaEventPublisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: list[tuple[asyncio.Future[BaseException | float], BaseException | float]] = []
         self._lock = threading.Lock()
+        self._fatal = threading.Event()
+        self.rebuilds = 0
 
     async def start(self) -> None:
         """Create the producer and its poll thread."""
         if self._producer is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._producer = Producer(self._config)
+        self._producer = self._new_producer()
         self._running.set()
         self._thread = threading.Thread(target=self._poll_forever, name="kafka-poll", daemon=True)
         self._thread.start()
@@ -116,10 +126,37 @@ class KafkaEventPublisher:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _new_producer(self) -> Any:
+        return Producer({**self._config, "error_cb": self._on_error})
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            log.error("Kafka producer fatal error: %s; rebuilding the producer", error)
+            self._fatal.set()
+
     def _poll_forever(self) -> None:
         while self._running.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except Exception as exc:  # the poll thread must survive anything
+                log.error("Kafka producer poll failed: %s", exc)
+                self._fatal.set()
+            if self._fatal.is_set():
+                self._rebuild()
             self._hand_over()
+
+    def _rebuild(self) -> None:
+        """Replace a broken producer; its queued messages are reported failed (unavailable),
+        and the dispatcher retries them through the new one."""
+        old, self._producer = self._producer, self._new_producer()
+        self._fatal.clear()
+        self.rebuilds += 1
+        try:
+            old.purge()
+            old.poll(0)  # delivers the purge reports: every waiting future gets an error
+            old.flush(0)
+        except Exception as exc:
+            log.warning("discarding the broken producer: %s", exc)
 
     def _hand_over(self) -> None:
         with self._lock:
@@ -172,8 +209,8 @@ class KafkaEventPublisher:
                 return
 
     async def ping(self, timeout: float = 2.0) -> bool:
-        """True when the cluster's metadata can be read."""
-        if self._producer is None:
+        """True when the cluster's metadata can be read and the producer is usable."""
+        if self._producer is None or self._fatal.is_set():
             return False
         try:
             await asyncio.to_thread(self._producer.list_topics, timeout=timeout)

@@ -192,7 +192,25 @@ class Dispatcher:
             ]
             finished += await self._settle(claim.token, to_publish, acked_us, started_us)
         if finished:
-            await self._store.ack(claim.token, finished)
+            await self._ack(claim.token, finished, started_us)
+
+    async def _ack(self, token: str, finished: Sequence[Finished], claimed_us: int) -> None:
+        """Acknowledge, retrying while the lease lasts: a lost ack means a duplicate firing."""
+        deadline_us = claimed_us + int(self._config.lease_seconds * 1e6)
+        attempt = 0
+        while True:
+            try:
+                await self._store.ack(token, finished)
+                return
+            except Exception as exc:
+                attempt += 1
+                delay = backoff_delay(attempt, 0.05, 1.0)
+                if classify(exc) is not ErrorClass.UNAVAILABLE or (
+                    self._now_us() + delay * 1e6 >= deadline_us
+                ):
+                    raise
+                log.warning("ack failed (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _settle(
         self,
