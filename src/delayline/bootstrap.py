@@ -120,6 +120,7 @@ class Application:
         self.sync: SyncService | None = None
         self.analytics: ScheduleAnalyticsService | None = None
         self.consumer: DelayedEventsConsumer | None = None
+        self.consumer_source: KafkaDelayedSource | None = None
         self._service: SchedulerService | None = None
         self._stopping = asyncio.Event()
 
@@ -252,6 +253,7 @@ class Application:
                 self.breakers["kafka_consumer"],
             ),
         )
+        self.consumer_source = source
         self.consumer = DelayedEventsConsumer(
             self.service, source, clock=self.clock, on_dead_letter=self.metrics.dead_lettered
         )
@@ -316,6 +318,9 @@ class Application:
                     self.metrics.set_pending(Tier.CLICKHOUSE.value, far_counts["pending"])
                 if self.dispatcher is not None:
                     self.metrics.set_claims_in_flight(self.dispatcher.claims_in_flight)
+                lag = self.consumer_source.lag if self.consumer_source is not None else None
+                if lag is not None:
+                    self.metrics.set_consumer_lag(lag)
                 if self.consumer is not None:  # a restarted in-memory broker lost its topics
                     await asyncio.to_thread(
                         ensure_topics,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
@@ -115,7 +116,12 @@ class KafkaDelayedSource:
             "fetch.wait.max.ms": fetch_wait_max_ms,
             # No transactions here, and Tansu does not honour read_committed anyway.
             "isolation.level": "read_uncommitted",
+            # librdkafka's statistics carry each partition's consumer lag (the lag gauge).
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._on_stats,
         }
+        self.lag: int | None = None
+        """Messages behind the high watermark over the assigned partitions (None: unknown)."""
         self._producer_config = {
             **common,
             "linger.ms": 1,
@@ -129,6 +135,19 @@ class KafkaDelayedSource:
         self._lock = threading.Lock()
         self._revoked: set[tuple[str, int]] = set()
         self._assigned: set[tuple[str, int]] = set()
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka statistics (JSON): sum the known lags of this topic's partitions."""
+        try:
+            partitions = orjson.loads(raw)["topics"][self.topic]["partitions"]
+        except (KeyError, ValueError, TypeError):
+            return
+        lags = [
+            int(p["consumer_lag"])
+            for name, p in partitions.items()
+            if name != "-1" and int(p.get("consumer_lag", -1)) >= 0
+        ]
+        self.lag = sum(lags) if lags else None
 
     @classmethod
     def from_settings(cls, settings: Settings, bootstrap_servers: str) -> KafkaDelayedSource:
