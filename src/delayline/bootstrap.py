@@ -423,6 +423,9 @@ class Application:
         def on_signal() -> None:
             if stop.is_set():
                 log.warning("second signal: exiting now without draining")
+                for server in (self._tansu, self._valkey):  # never leave our servers behind
+                    if server is not None:
+                        server.signal_stop()
                 os._exit(130)
             log.info("signal received: draining (again to exit at once)")
             stop.set()

@@ -17,8 +17,7 @@ import pytest
 from delayline.adapters.embedded import free_port
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -27,23 +26,33 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
     }
     for key in ("SCHEDULES_REDIS_URL", "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS"):
         env.pop(key, None)
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "delayline", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "delayline", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/api/v1/schedules/monitoring/health").status_code == 200:
+                return proc, env, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("service did not become healthy:\n" + (tmp_path / "serve.log").read_text())
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+    proc, env, base = _start_serve(tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/api/v1/schedules/monitoring/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
-        else:
-            raise AssertionError("service did not become healthy")
         yield env, base
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -52,7 +61,6 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-        log.close()
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
 
 
@@ -124,3 +132,16 @@ def test_invalid_setting_stops_start_up_with_a_clear_message(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "SCHEDULES_LEASE_SECONDS" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    proc, _env, _base = _start_serve(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 130  # exited on the second signal, without waiting for the drain

@@ -74,6 +74,12 @@ class EmbeddedValkey:
         proc = getattr(self._server, "_process", None)
         return proc.pid if proc is not None else None
 
+    def signal_stop(self) -> None:
+        """Send SIGTERM without waiting (an exit in a hurry: Valkey still fsyncs its AOF)."""
+        proc = getattr(self._server, "_process", None)
+        if proc is not None:
+            proc.terminate()
+
     def kill(self) -> None:
         """SIGKILL the server (fault injection); ``start()`` brings it back on the same port."""
         if self._server is not None:
@@ -137,6 +143,11 @@ class EmbeddedTansu:
             self.bootstrap_servers,
         )
         return self.bootstrap_servers
+
+    def signal_stop(self) -> None:
+        """Send SIGTERM without waiting (an exit in a hurry)."""
+        if self._proc is not None:
+            self._proc.terminate()
 
     def kill(self) -> None:
         """SIGKILL the broker (fault injection)."""

@@ -1,0 +1,97 @@
+"""Publish failures: retried with backoff up to the limit, then failed with the error."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+from delayline.adapters.embedded import EmbeddedTansu
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.clock import SystemClock
+from delayline.domain.events import EventStatus, ScheduledEvent, new_event, utc_now
+from delayline.domain.outcomes import ExecutionResult, Outcome
+from delayline.errors import ErrorClass, PublishError
+from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from tests.support import eventually_status
+
+
+class Results:
+    def __init__(self) -> None:
+        self.items: list[ExecutionResult] = []
+
+    def record(self, result: ExecutionResult) -> None:
+        self.items.append(result)
+
+
+class FlakyPublisher:
+    """Fails every publish with a transient error, recording when each attempt came."""
+
+    def __init__(self) -> None:
+        self.attempts: list[float] = []
+
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+        self.attempts += [time.monotonic()] * len(events)
+        return [PublishError("NOT_LEADER: try again", ErrorClass.TRANSIENT) for _ in events]
+
+
+async def _run(store: RedisNearTermStore, publisher: object, results: Results) -> Dispatcher:
+    config = DispatcherConfig(
+        max_sleep_seconds=0.5,
+        max_publish_attempts=3,
+        retry_backoff_initial=0.1,
+        retry_backoff_max=1.0,
+    )
+    return Dispatcher(store, publisher, results, SystemClock(), config)  # type: ignore[arg-type]
+
+
+async def test_transient_failures_back_off_then_fail(store: RedisNearTermStore) -> None:
+    publisher = FlakyPublisher()
+    results = Results()
+    dispatcher = await _run(store, publisher, results)
+    task = asyncio.create_task(dispatcher.run())
+    event = new_event(topic="t", body="b", scheduled_at=utc_now())
+    await store.schedule([event])
+    got = await eventually_status(lambda: store.get(event.schedule_id), timeout=15)
+    dispatcher.stop()
+    await task
+    assert isinstance(got, ScheduledEvent)
+    assert got.status is EventStatus.FAILED
+    assert got.last_error is not None
+    assert "NOT_LEADER" in got.last_error
+    assert len(publisher.attempts) == 3
+    gaps = [b - a for a, b in zip(publisher.attempts, publisher.attempts[1:], strict=False)]
+    assert gaps[0] >= 0.1  # backoff: at least half of 2 * 0.1 s
+    assert gaps[1] >= 0.2  # and it grows: at least half of 4 * 0.1 s
+    assert [r.outcome for r in results.items] == [Outcome.ERROR]
+    assert results.items[0].retry_count == 2
+
+
+async def test_permanent_failure_fails_at_once(
+    store: RedisNearTermStore, broker: EmbeddedTansu, unique: str
+) -> None:
+    publisher = KafkaEventPublisher(
+        producer_config(broker.bootstrap_servers, linger_ms=0, lease_seconds=30, extra={})
+    )
+    await publisher.start()
+    results = Results()
+    dispatcher = await _run(store, publisher, results)
+    task = asyncio.create_task(dispatcher.run())
+    too_big = new_event(
+        topic=f"big-{unique}",
+        body="x" * 1_100_000,  # over librdkafka's message.max.bytes: refused, never retried
+        scheduled_at=utc_now() - timedelta(seconds=1),
+        max_body_bytes=2_000_000,
+    )
+    await store.schedule([too_big])
+    got = await eventually_status(lambda: store.get(too_big.schedule_id), timeout=15)
+    dispatcher.stop()
+    await task
+    await publisher.stop()
+    assert isinstance(got, ScheduledEvent)
+    assert got.status is EventStatus.FAILED
+    assert got.last_error is not None
+    assert "MSG_SIZE_TOO_LARGE" in got.last_error
+    assert [r.retry_count for r in results.items] == [0]
