@@ -368,6 +368,7 @@ class Application:
                 retry_backoff_initial=s.retry_backoff_initial,
                 retry_backoff_max=s.retry_backoff_max,
                 node_id=s.node_id,
+                claim_lookahead_seconds=s.claim_lookahead_seconds,
             ),
         )
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))

@@ -49,12 +49,14 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait()
 
 
-def _env(valkey: EmbeddedValkey, prefix: str, bootstrap: str, data: Path) -> dict[str, str]:
+def _env(
+    valkey: EmbeddedValkey, prefix: str, bootstrap: str, data: Path, lease: float = 3
+) -> dict[str, str]:
     return {
         "SCHEDULES_REDIS_URL": valkey.url,
         "SCHEDULES_REDIS_KEY_PREFIX": prefix,
         "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "SCHEDULES_LEASE_SECONDS": "3",
+        "SCHEDULES_LEASE_SECONDS": str(lease),
         "SCHEDULES_DATA_DIR": str(data),
         "SCHEDULES_REDIS_PROCESSING_INTERVAL": "1",
     }
@@ -81,7 +83,8 @@ async def test_two_dispatchers_never_publish_one_event_twice(
     reader = TopicReader(broker.bootstrap_servers, topic)
     prefix = f"t-{unique}"
     for i in range(2):
-        env = _env(valkey, prefix, broker.bootstrap_servers, tmp_path / f"d{i}")
+        # normal running: a lease long enough that a slow, shared machine never expires one
+        env = _env(valkey, prefix, broker.bootstrap_servers, tmp_path / f"d{i}", lease=30)
         procs.append(_spawn(env, tmp_path / f"d{i}.log"))
     service = SchedulerService(store, SystemClock())
     base = utc_now() + timedelta(seconds=2)
