@@ -103,3 +103,11 @@ async def test_retry_keeps_original_time(store: RedisNearTermStore) -> None:
     later = await store.claim(now_us + 5_000_000, 10, 30)
     assert later.events[0].attempts == 1
     assert later.events[0].scheduled_at == ev.scheduled_at
+
+
+async def test_bulk_schedule_over_several_chunks_keeps_order(store: RedisNearTermStore) -> None:
+    events = [_event(60 + i, sid=f"bulk-{i}") for i in range(1234)]
+    await store.schedule(events[600:700])  # already there: inside the second chunk
+    inserted = await store.schedule(events)
+    assert inserted == [not 600 <= i < 700 for i in range(1234)]
+    assert (await store.counts())["pending"] == 1234

@@ -36,6 +36,8 @@ from delayline.ports import Claim, Finished
 
 _PRIORITY_OFFSET = 2**31 - 1
 _PREFIX_LEN = 9
+SCHEDULE_CHUNK = 500
+"""Events per schedule script: bounds how long one call blocks the server (DESIGN.md)."""
 
 
 def member_prefix(priority: int) -> str:
@@ -90,9 +92,24 @@ class RedisNearTermStore:
         return bool(await self._redis.ping())
 
     async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]:
-        """Insert-if-absent for every event, atomically, in one round trip."""
-        if not events:
-            return []
+        """Insert-if-absent for every event; True where inserted.
+
+        Atomic per chunk of ``SCHEDULE_CHUNK`` events: a script blocks the server while it
+        runs, and a 10k-event one would stall every dispatcher for most of a second. After an
+        error, earlier chunks are stored; retrying the call is safe (insert-if-absent).
+        """
+        chunks = [events[i : i + SCHEDULE_CHUNK] for i in range(0, len(events), SCHEDULE_CHUNK)]
+        if len(chunks) <= 1:
+            return [bool(x) for x in await self._run("schedule", *self._schedule_call(events))]
+        # One round trip for all chunks; other clients' commands run between them.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for chunk in chunks:
+                keys, args = self._schedule_call(chunk)
+                await self._scripts["schedule"](keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        return [bool(x) for reply in replies for x in reply]
+
+    def _schedule_call(self, events: Sequence[ScheduledEvent]) -> tuple[list[str], list[Any]]:
         keys = [self.due_key, self.payload_key, self.counts_key, *self.result_buckets()]
         args: list[Any] = [self.channel]
         for event in events:
@@ -103,8 +120,7 @@ class RedisNearTermStore:
                 prefix + event.schedule_id,
                 prefix.encode() + encode_event(event),
             ]
-        inserted = await self._run("schedule", keys, args)
-        return [bool(x) for x in inserted]
+        return keys, args
 
     async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
         """Lease up to ``limit`` due events under a fresh token."""

@@ -6,7 +6,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -108,8 +108,8 @@ def to_epoch_us(value: datetime) -> int:
 
 
 def from_epoch_us(value: int) -> datetime:
-    """The aware UTC datetime of ``value`` microseconds since the epoch."""
-    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+    """The aware UTC datetime of ``value`` microseconds since the epoch (exact)."""
+    return _EPOCH + timedelta(microseconds=value)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

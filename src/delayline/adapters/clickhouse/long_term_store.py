@@ -165,6 +165,7 @@ class ClickHouseLongTermStore:
     def __init__(self, client: _Client) -> None:
         self._client = client
         self._table = f"{client.database}.{EVENTS_TABLE}"
+        self._read: dict[str, _Row] = {}
 
     async def _current(self, ids: Sequence[str]) -> dict[str, _Row]:
         """The newest version of each stored id."""
@@ -263,7 +264,10 @@ class ClickHouseLongTermStore:
             + _FINAL_SETTINGS,
             {"until": to_epoch_us(until), "limit": limit},
         )
-        return [_decode(r).event for r in rows]
+        decoded = [_decode(r) for r in rows]
+        # What mark_queued needs to write the next version without re-reading whole rows.
+        self._read = {row.event.schedule_id: row for row in decoded}
+        return [row.event for row in decoded]
 
     async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
         """Write ``queued`` for each event still exactly as :meth:`due_before` returned it.
@@ -271,15 +275,19 @@ class ClickHouseLongTermStore:
         Returns the ids that changed since (cancelled, rescheduled, …) and were NOT marked:
         the sync must remove them from Redis. See the module docstring.
         """
-        current = await self._current([e.schedule_id for e in events])
+        read = {e.schedule_id: self._read.get(e.schedule_id) for e in events}
+        if any(row is None or row.event != e for e, row in zip(events, read.values(), strict=True)):
+            full = await self._current([e.schedule_id for e in events])  # not from due_before
+            read = {e.schedule_id: full.get(e.schedule_id) for e in events}
+        versions = await self._versions(list(read))
         now = utc_now()
         marked: list[_Row] = []
         changed: list[str] = []
         for seen in events:
-            row = current.get(seen.schedule_id)
+            row = read.get(seen.schedule_id)
             if (
                 row is None
-                or row.event.status != EventStatus.PENDING
+                or versions.get(seen.schedule_id) != (row.version, EventStatus.PENDING.value)
                 or row.event.updated_at != seen.updated_at
                 or row.event.scheduled_at != seen.scheduled_at
             ):
@@ -289,6 +297,18 @@ class ClickHouseLongTermStore:
             marked.append(self._next(row, event, 1))
         await self._write(marked)
         return changed
+
+    async def _versions(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """The newest version number and status of each id: a light re-check (no bodies)."""
+        found: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(ids):
+            rows = await self._client.query(
+                f"SELECT schedule_id, version, CAST(status, 'String') FROM {self._table} FINAL "
+                "WHERE schedule_id IN {ids:Array(String)}" + _FINAL_SETTINGS,
+                {"ids": list(chunk)},
+            )
+            found.update({str(r[0]): (int(r[1]), str(r[2])) for r in rows})
+        return found
 
     async def mark_status(
         self, ids: Sequence[str], status: EventStatus, reason: str | None = None
