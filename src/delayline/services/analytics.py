@@ -28,6 +28,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
+from delayline.domain.events import as_utc
 from delayline.domain.outcomes import ExecutionResult
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ class ScheduleAnalyticsService:
     ) -> list[dict[str, Any]]:
         """The spec's ``schedule_performance_metrics`` rows per hour or per UTC day between
         ``start_date`` (rounded down to the hour) and ``end_date`` (exclusive)."""
-        _check_range(start_date, end_date)
+        start_date, end_date = _check_range(start_date, end_date)
         if not self.enabled:
             return []
         return await self._queries.performance(
@@ -291,14 +292,15 @@ class ScheduleAnalyticsService:
     async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
         """Totals, success rate, lateness percentiles and the top failing entity types and
         actions between ``start_date`` and ``end_date``."""
-        _check_range(start_date, end_date)
+        start_date, end_date = _check_range(start_date, end_date)
         if not self.enabled:
             return {"enabled": False, "start": start_date, "end": end_date}
         return {"enabled": True, **await self._queries.summary(start_date, end_date)}
 
 
-def _check_range(start: datetime, end: datetime) -> None:
-    if start.tzinfo is None or end.tzinfo is None:
-        raise ValueError("start_date and end_date must be time-zone aware")
+def _check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """Both ends in UTC (naive ones, as from ``datetime.utcnow()``, are taken as UTC)."""
+    start, end = as_utc(start), as_utc(end)
     if end <= start:
         raise ValueError("end_date must be after start_date")
+    return start, end

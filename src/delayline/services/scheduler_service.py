@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.bootstrap import Application, Components
 from delayline.services.scheduler import SchedulerService
 from delayline.settings import Settings, load_settings
@@ -38,6 +39,11 @@ class LazySchedulerService:
         if self._app is not None:
             app, self._app = self._app, None
             await app.stop()
+
+    @property
+    def clickhouse(self) -> ClickHouseClient | None:
+        """The running application's ClickHouse connection (None before ``start()``)."""
+        return self._app.clickhouse if self._app is not None else None
 
     @property
     def service(self) -> SchedulerService:
