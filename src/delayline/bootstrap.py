@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import uvicorn
 from redis.asyncio import Redis
@@ -60,6 +61,10 @@ class Components:
     sync: bool = True
     consumer: bool = True
     api: bool = True
+
+
+class DataDirInUseError(RuntimeError):
+    """Another delayline process owns the data directory."""
 
 
 class FanOutSink:
@@ -123,6 +128,7 @@ class Application:
         self.consumer_source: KafkaDelayedSource | None = None
         self._service: SchedulerService | None = None
         self._stopping = asyncio.Event()
+        self._data_dir_lock: IO[str] | None = None
 
     @property
     def service(self) -> SchedulerService:
@@ -143,8 +149,16 @@ class Application:
         if self._started:
             return
         self._started = True
+        try:
+            await self._start_all()
+        except BaseException:
+            await self.stop()  # never leave embedded servers behind a failed start
+            raise
+
+    async def _start_all(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         await self._start_redis()
         await self._start_kafka()
         assert self._redis is not None
@@ -210,9 +224,24 @@ class Application:
         )
         await self._redis.ping()
 
+    def _lock_data_dir(self) -> None:
+        """One service per data directory: its embedded Valkey AOF and chDB folder are not
+        shareable. Checked before anything is started, so nothing is touched."""
+        path = self.settings.data_dir / ".lock"
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise DataDirInUseError(
+                f"the data directory {self.settings.data_dir.resolve()} is in use by another "
+                "delayline process; stop it, or give this one its own SCHEDULES_DATA_DIR"
+            ) from None
+        self._data_dir_lock = handle
+
     async def _start_clickhouse(self) -> None:
         s = self.settings
-        self.clickhouse = ClickHouseClient(s.resolved_clickhouse_dsn)
+        self.clickhouse = ClickHouseClient(s.resolved_clickhouse_dsn, s.clickhouse_database)
         await self.clickhouse.start()
         if self.migrate:
             await run_migrations(
@@ -413,8 +442,11 @@ class Application:
             await asyncio.to_thread(self._tansu.stop)
         if self._valkey is not None:
             await asyncio.to_thread(self._valkey.stop)
-        with contextlib.suppress(OSError):
-            (self.settings.data_dir / RUNTIME_FILE).unlink()
+        if self._data_dir_lock is not None:
+            with contextlib.suppress(OSError):
+                (self.settings.data_dir / RUNTIME_FILE).unlink()
+            self._data_dir_lock.close()  # releases the lock
+            self._data_dir_lock = None
 
     async def serve_forever(self) -> None:
         """Run until SIGINT/SIGTERM, then drain; a second signal exits at once."""
@@ -466,7 +498,7 @@ def ensure_topics(bootstrap: str, topics: list[str], options: dict[str, str]) ->
 
 async def run_migrations_cli(settings: Settings, progress: Any = None) -> list[str]:
     """``delayline migrate``: apply the ClickHouse migrations once, with progress lines."""
-    client = ClickHouseClient(settings.resolved_clickhouse_dsn)
+    client = ClickHouseClient(settings.resolved_clickhouse_dsn, settings.clickhouse_database)
     await client.start()
     try:
         return await run_migrations(

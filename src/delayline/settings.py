@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     """AOF fsync policy of the embedded Valkey (``always``: no acknowledged event is lost)."""
     clickhouse_dsn: SecretStr | None = None
     """Unset: ``chdb:///<data_dir>/clickhouse`` (the engine in-process)."""
+    clickhouse_database: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """Database for the tables (default: the DSN's path for http(s), else ``delayline``)."""
     kafka_bootstrap_servers: str | None = None
     """Unset: an embedded Tansu broker is started on loopback."""
     kafka_client_options: dict[str, str] = Field(default_factory=dict)

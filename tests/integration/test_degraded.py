@@ -35,9 +35,8 @@ async def app(
         redis_url=valkey.url,
         redis_key_prefix=f"deg-{unique}",
         kafka_bootstrap_servers=broker.bootstrap_servers,
-        clickhouse_dsn=clickhouse_dsn.rstrip("/") + f"?database=deg_{unique}"
-        if clickhouse_dsn.startswith("http")
-        else clickhouse_dsn,
+        clickhouse_dsn=clickhouse_dsn,
+        clickhouse_database=f"deg_{unique}",
         data_dir=tmp_path,
         api_port=free_port(),
         redis_processing_interval=1,

@@ -145,3 +145,23 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
         proc.kill()
         raise
     assert code == 130  # exited on the second signal, without waiting for the drain
+
+
+def test_a_second_service_on_the_same_folder_stops_with_a_clear_message(tmp_path: Path) -> None:
+    first, env, _base = _start_serve(tmp_path)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "delayline", "serve"],
+            env={**env, "SCHEDULES_API_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert second.returncode == 1
+        folder = str((tmp_path / "data").resolve())
+        assert folder in second.stderr.replace("\n", "")
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0

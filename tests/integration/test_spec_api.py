@@ -26,6 +26,7 @@ async def test_the_spec_examples(
         redis_key_prefix=f"spec-{unique}",
         kafka_bootstrap_servers=broker.bootstrap_servers,
         clickhouse_dsn=clickhouse_dsn,
+        clickhouse_database=f"spec_{unique}",
         data_dir=tmp_path,
         api_port=free_port(),
         analytics_flush_interval=0.2,

@@ -36,7 +36,9 @@ class ScheduleAnalyticsService(_Service):
         self.enabled = settings.analytics_enabled
         client = scheduler_service.clickhouse
         if client is None:
-            client = self._own_client = ClickHouseClient(settings.resolved_clickhouse_dsn)
+            client = self._own_client = ClickHouseClient(
+                settings.resolved_clickhouse_dsn, settings.clickhouse_database
+            )
             await client.start()
         self._queries = ClickHouseAnalyticsStore(client)
         await super().initialize()
