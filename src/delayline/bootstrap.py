@@ -103,8 +103,9 @@ class Application:
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.sink = FanOutSink(MetricsSink(self.metrics))
+        # Probes are cheap: retry at most every few seconds, so recovery is quick.
         self.breakers = {
-            name: CircuitBreaker(name, on_change=self._breaker_changed)
+            name: CircuitBreaker(name, max_reset_timeout=5.0, on_change=self._breaker_changed)
             for name in ("redis", "clickhouse", "kafka_producer", "kafka_consumer")
         }
         for name in self.breakers:

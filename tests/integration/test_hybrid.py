@@ -345,3 +345,20 @@ async def test_an_event_30_days_out_fires_through_the_sync(
     reader.close()
     assert [m.header("x-schedule-id") for m in msgs] == [sid]
     assert 0 <= results[0].delay_seconds < 1
+
+
+async def test_a_second_sync_does_not_take_back_what_the_first_moved(hybrid: Hybrid) -> None:
+    # The interleaving that two unlocked syncs can produce: both read, then each writes.
+    now = hybrid.clock.now()
+    ids = [await _event_at(hybrid, now + timedelta(days=2, seconds=i)) for i in range(20)]
+    hybrid.clock.advance(86400 * 2)
+    until = hybrid.clock.now() + timedelta(seconds=TRANSFER)
+    read_a = await hybrid.far.due_before(until, 1000)
+    read_b = await hybrid.far.due_before(until, 1000)
+    await hybrid.near.schedule(read_a)
+    assert await hybrid.far.mark_queued(read_a) == []
+    await hybrid.near.schedule(read_b)
+    assert await hybrid.far.mark_queued(read_b) == []  # nothing to take back out of Redis
+    assert (await hybrid.near.counts())["pending"] == 20
+    stored = [await hybrid.far.get(i) for i in ids]
+    assert {e.status for e in stored if e is not None} == {EventStatus.QUEUED}

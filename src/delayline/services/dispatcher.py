@@ -254,6 +254,7 @@ class Dispatcher:
     ) -> list[Finished]:
         finished: list[Finished] = []
         unavailable = 0
+        first_error = ""
         for event, result in zip(events, results, strict=True):
             if not isinstance(result, BaseException):
                 finished.append(Finished(event.schedule_id, EventStatus.COMPLETED))
@@ -261,6 +262,7 @@ class Dispatcher:
                 continue
             kind = classify(result)
             unavailable += kind is ErrorClass.UNAVAILABLE
+            first_error = first_error or str(result)
             attempts = event.attempts + (kind is not ErrorClass.UNAVAILABLE)
             if kind is ErrorClass.PERMANENT or attempts >= self._config.max_publish_attempts:
                 finished.append(Finished(event.schedule_id, EventStatus.FAILED, str(result)))
@@ -276,7 +278,12 @@ class Dispatcher:
             # The broker is down: pause claiming for a backoff instead of spinning on it.
             pause = backoff_delay(1, self._config.retry_backoff_initial, 5.0)
             self._pause_until_us = self._now_us() + int(pause * 1e6)
-            log.warning("broker unavailable for %d events; pausing %.2f s", unavailable, pause)
+            log.warning(
+                "broker unavailable for %d events (%s); pausing %.2f s",
+                unavailable,
+                first_error[:200],
+                pause,
+            )
         return finished
 
     def _record(

@@ -273,7 +273,8 @@ class ClickHouseLongTermStore:
         """Write ``queued`` for each event still exactly as :meth:`due_before` returned it.
 
         Returns the ids that changed since (cancelled, rescheduled, …) and were NOT marked:
-        the sync must remove them from Redis. See the module docstring.
+        the sync must remove them from Redis. See the module docstring. An event another
+        sync marked ``queued`` meanwhile is neither marked again nor returned.
         """
         read = {e.schedule_id: self._read.get(e.schedule_id) for e in events}
         if any(row is None or row.event != e for e, row in zip(events, read.values(), strict=True)):
@@ -285,9 +286,12 @@ class ClickHouseLongTermStore:
         changed: list[str] = []
         for seen in events:
             row = read.get(seen.schedule_id)
+            current = versions.get(seen.schedule_id)
+            if row is not None and current == (row.version + 1, EventStatus.QUEUED.value):
+                continue  # another sync moved it meanwhile: its Redis copy is the right one
             if (
                 row is None
-                or versions.get(seen.schedule_id) != (row.version, EventStatus.PENDING.value)
+                or current != (row.version, EventStatus.PENDING.value)
                 or row.event.updated_at != seen.updated_at
                 or row.event.scheduled_at != seen.scheduled_at
             ):
