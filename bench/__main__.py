@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = "quick" if args.quick else "latest"
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     if "precision" in results and "runs" in results["precision"]:
-        plots.lateness_cdf(results["precision"], out / f"{stem}-lateness-cdf.png")
+        peers_done = {k: results[k] for k in ("arq", "bullmq") if "precision" in results.get(k, {})}
+        plots.lateness_cdf(results["precision"], out / f"{stem}-lateness-cdf.png", peers_done)
     if any("runs" in results.get(k, {}) for k in ("firing", "scheduling")):
         plots.throughput(results, out / f"{stem}-throughput.png")
     print_table(doc)

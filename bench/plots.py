@@ -12,8 +12,10 @@ matplotlib.use("Agg")  # files only: no display on CI or servers
 import matplotlib.pyplot as plt
 
 
-def lateness_cdf(precision: dict[str, Any], path: Path) -> None:
-    """One CDF line per precision run (log x axis: the tail matters)."""
+def lateness_cdf(
+    precision: dict[str, Any], path: Path, peers: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """One CDF line per precision run, and one per peer (log x axis: the tail matters)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in precision["runs"]:
         cdf = run["cdf_ms"]
@@ -21,6 +23,11 @@ def lateness_cdf(precision: dict[str, Any], path: Path) -> None:
             continue
         label = f"{run['rate']:g}/s, linger {run['linger_ms']:g} ms, hz {run['hz']}"
         ax.plot([max(x, 0.01) for x, _ in cdf], [f for _, f in cdf], label=label)
+    for name, peer in (peers or {}).items():
+        cdf = peer.get("precision", {}).get("cdf_ms")
+        if cdf:
+            xs = [max(x, 0.01) for x, _ in cdf]
+            ax.plot(xs, [f for _, f in cdf], linestyle="--", label=f"peer {name} (job start)")
     ax.set_xscale("log")
     ax.set_xlabel("lateness: delivery report − due time (ms)")
     ax.set_ylabel("fraction of events")

@@ -134,5 +134,5 @@ const modes = {
   worker: () => worker(url, rest[0], Number(rest[1])),
 };
 const out = await modes[mode]();
-process.stdout.write(JSON.stringify(out) + "\n");
-process.exit(0);
+// exit only once the document is flushed: a pipe takes 64 KiB at a time and exit() drops the rest
+process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(0));
