@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
-from tests.faults.harness import ServiceProcess
+from tests.faults.harness import HealthWatcher, HttpLoad, ServiceProcess, TopicCollector
+from tests.support import create_topics
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,36 @@ def service_env(
         "SCHEDULES_SHUTDOWN_TIMEOUT": "10",
         **extra,
     }
+
+
+@dataclass
+class Scenario:
+    """A running service under HTTP load, its fired topic read back, its health watched."""
+
+    service: ServiceProcess
+    topic: str
+    collector: TopicCollector
+    health: HealthWatcher
+    load: HttpLoad
+
+    def stop_watching(self) -> None:
+        """Stop the load and the health watcher (the collector keeps what it read)."""
+        self.load.stop()
+        self.health.stop()
+
+
+def start_scenario(
+    service: ServiceProcess, broker: EmbeddedTansu, run_id: str, *, send_over: float, due_to: float
+) -> Scenario:
+    """Start ``service`` and put the standard load on it: 3000 events over ``send_over`` s,
+    due up to ``due_to`` s after sending, fired to a fresh 4-partition topic."""
+    topic = f"fired-{run_id}"
+    create_topics(broker.bootstrap_servers, topic, partitions=4)
+    service.start()
+    collector = TopicCollector(broker.bootstrap_servers, {topic: 4})
+    collector.start()
+    health = HealthWatcher(service.base_url)
+    health.start()
+    load = HttpLoad(service.base_url, topic, run_id, total=3000, send_over=send_over, due_to=due_to)
+    load.start()
+    return Scenario(service, topic, collector, health, load)

@@ -14,18 +14,14 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
-from tests.faults.conftest import Row, service_env
+from tests.faults.conftest import Row, service_env, start_scenario
 from tests.faults.harness import (
     SCHEDULES,
-    HealthWatcher,
-    HttpLoad,
     ServiceProcess,
-    TopicCollector,
     describe,
     first_fired_after,
     judge,
 )
-from tests.support import create_topics
 
 pytestmark = pytest.mark.faults
 
@@ -60,17 +56,9 @@ def test_broker_down_due_events_wait_and_fire(
     make_service: Callable[[dict[str, str]], ServiceProcess],
     reliability_rows: list[Row],
 ) -> None:
-    valkey = make_valkey("everysec")
-    topic = f"fired-{run_id}"
-    create_topics(own_broker.bootstrap_servers, topic, partitions=4)
-    service = make_service(service_env(tmp_path, valkey, own_broker, run_id))
-    service.start()
-    collector = TopicCollector(own_broker.bootstrap_servers, {topic: 4})
-    collector.start()
-    health = HealthWatcher(service.base_url)
-    health.start()
-    load = HttpLoad(service.base_url, topic, run_id, total=LOAD, send_over=8, due_to=14)
-    load.start()
+    service = make_service(service_env(tmp_path, make_valkey("everysec"), own_broker, run_id))
+    run = start_scenario(service, own_broker, run_id, send_over=8, due_to=14)
+    collector, health, load, topic = run.collector, run.health, run.load, run.topic
     try:
         time.sleep(5)
         killed_at = time.time()

@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
-from tests.faults.conftest import Row, service_env
+from tests.faults.conftest import Row, service_env, start_scenario
 from tests.faults.harness import (
-    HealthWatcher,
-    HttpLoad,
     ServiceProcess,
-    TopicCollector,
     first_fired_after,
     judge,
 )
-from tests.support import create_topics
 
 pytestmark = pytest.mark.faults
 
@@ -34,18 +30,10 @@ def test_sigkill_service_mid_firing_loses_nothing(
     make_service: Callable[[dict[str, str]], ServiceProcess],
     reliability_rows: list[Row],
 ) -> None:
-    valkey = make_valkey("everysec")
-    topic = f"fired-{run_id}"
-    create_topics(own_broker.bootstrap_servers, topic, partitions=4)
-    service = make_service(service_env(tmp_path, valkey, own_broker, run_id))
-    service.start()
-    collector = TopicCollector(own_broker.bootstrap_servers, {topic: 4})
-    collector.start()
-    health = HealthWatcher(service.base_url)
-    health.start()
+    service = make_service(service_env(tmp_path, make_valkey("everysec"), own_broker, run_id))
     # Due times from 2 s to 14 s; the batches keep arriving across the kill (retried until 2xx).
-    load = HttpLoad(service.base_url, topic, run_id, total=LOAD, send_over=10, due_to=14)
-    load.start()
+    run = start_scenario(service, own_broker, run_id, send_over=10, due_to=14)
+    collector, health, load = run.collector, run.health, run.load
     try:
         time.sleep(6)  # firing is well under way
         assert collector.snapshot(), "nothing fired before the kill"
