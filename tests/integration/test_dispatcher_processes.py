@@ -93,10 +93,13 @@ async def test_two_dispatchers_never_publish_one_event_twice(
         for i in range(2000)
     ]
     await service.schedule_events(events)
-    msgs = await asyncio.to_thread(reader.read, 2000, 60)
+    msgs = await asyncio.to_thread(reader.read, 2000, 100)  # a lost claim reply: +lease
     extra = await asyncio.to_thread(reader.read_for, 1.0)
     reader.close()
     ids = Counter(m.header("x-schedule-id") for m in extra)
+    missing = {e.schedule_id for e in events} - set(ids)
+    where = {sid: await store.get(sid) for sid in sorted(missing)[:5]}
+    assert not missing, (len(missing), {k: v and v.status for k, v in where.items()})
     assert len(msgs) == 2000
     assert set(ids) == {e.schedule_id for e in events}
     assert max(ids.values()) == 1
