@@ -37,8 +37,11 @@ def create_topics(bootstrap: str, *topics: str, partitions: int = 1) -> None:
 class TopicReader:
     """Reads a topic from the beginning by assignment (no group join: no rebalance delay)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
-        create_topics(bootstrap, topic, partitions=partitions)
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int = 1, *, create: bool = True
+    ) -> None:
+        if create:
+            create_topics(bootstrap, topic, partitions=partitions)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
