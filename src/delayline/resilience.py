@@ -13,6 +13,7 @@ A breaker per dependency (Redis, ClickHouse, Kafka producer, Kafka consumer):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -64,6 +65,7 @@ class CircuitBreaker:
         self._failures = 0
         self._successes = 0
         self._probes = 0
+        self._probe_started = 0.0
         self._opened_at = 0.0
 
     @property
@@ -87,10 +89,21 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.CLOSED:
             return True
-        if state is BreakerState.HALF_OPEN and self._probes < self._half_open_max:
-            self._probes += 1
-            return True
+        if state is BreakerState.HALF_OPEN:
+            if self._probes >= self._half_open_max and (
+                self._clock() - self._probe_started >= self._timeout
+            ):
+                self._probes = 0  # a probe that never reported back must not block forever
+            if self._probes < self._half_open_max:
+                self._probes += 1
+                self._probe_started = self._clock()
+                return True
         return False
+
+    def release(self) -> None:
+        """A call admitted by :meth:`allow` ended without an outcome (e.g. cancelled)."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = max(0, self._probes - 1)
 
     def record_success(self) -> None:
         """A call succeeded."""
@@ -123,6 +136,9 @@ class CircuitBreaker:
             result = await fn(*args, **kwargs)
         except DependencyUnavailable:
             self.record_failure()
+            raise
+        except asyncio.CancelledError:
+            self.release()
             raise
         except Exception as exc:
             if classify(exc) is ErrorClass.UNAVAILABLE:
@@ -177,7 +193,14 @@ class GuardedPublisher:
             return []
         if not self.breaker.allow():
             return [DependencyUnavailable(self.breaker.name, "circuit open") for _ in events]
-        results: list[BaseException | float] = await self._publisher.publish(events)
+        try:
+            results: list[BaseException | float] = await self._publisher.publish(events)
+        except asyncio.CancelledError:
+            self.breaker.release()
+            raise
+        except Exception:
+            self.breaker.record_failure()
+            raise
         delivered = any(not isinstance(r, BaseException) for r in results)
         unavailable = any(
             isinstance(r, BaseException) and classify(r) is ErrorClass.UNAVAILABLE for r in results

@@ -147,3 +147,28 @@ async def test_guarded_publisher_opens_on_delivery_failures() -> None:
     results = await guarded.publish([object(), object()])
     assert publisher.calls == 3  # not called while open
     assert all(isinstance(r, DependencyUnavailable) for r in results)
+
+
+async def test_a_probe_that_never_reports_does_not_block_forever() -> None:
+    clock = FakeTime()
+    breaker = _breaker(clock)
+    for _ in range(3):
+        breaker.record_failure()
+    clock.now = 2.0
+    assert breaker.allow()  # the probe goes out and never comes back
+    assert not breaker.allow()
+    clock.now = 4.0  # a whole reset timeout later, another probe may go
+    assert breaker.allow()
+
+
+async def test_a_publish_that_raises_counts_as_a_failure() -> None:
+    class Broken:
+        async def publish(self, events: list[object]) -> list[BaseException | float]:
+            raise RuntimeError("producer is being rebuilt")
+
+    clock = FakeTime()
+    guarded = GuardedPublisher(Broken(), _breaker(clock))
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            await guarded.publish([object()])
+    assert _state(guarded.breaker) is BreakerState.OPEN
