@@ -111,3 +111,26 @@ async def test_bulk_schedule_over_several_chunks_keeps_order(store: RedisNearTer
     inserted = await store.schedule(events)
     assert inserted == [not 600 <= i < 700 for i in range(1234)]
     assert (await store.counts())["pending"] == 1234
+
+
+async def test_the_same_id_twice_in_one_call_is_stored_once(store: RedisNearTermStore) -> None:
+    first, second = _event(30, sid="twice"), _event(90, sid="twice")
+    assert await store.schedule([first, _event(40, sid="once"), second]) == [True, True, False]
+    got = await store.get("twice")
+    assert got is not None and got.scheduled_at == first.scheduled_at
+    assert (await store.counts())["pending"] == 2
+
+
+async def test_leases_written_by_the_previous_format_still_ack_and_reap(
+    store: RedisNearTermStore,
+) -> None:
+    """Before 2026-11 a lease was ``token|score``; a rolling upgrade must honour both."""
+    now_us = to_epoch_us(utc_now())
+    await store.schedule([_event(-2, sid="old-a"), _event(-1, sid="old-b")])
+    claim = await store.claim(now_us, 10, 1)
+    client = store._redis  # writing the old format by hand
+    await client.hset(store.leases_key, "old-a", f"{claim.token}|{now_us - 2_000_000}")
+    await client.hset(store.leases_key, "old-b", f"{claim.token}|{now_us - 1_000_000}")
+    assert await store.ack(claim.token, [Finished("old-a", EventStatus.COMPLETED)]) == 1
+    assert await store.reap(now_us + 2_000_000) == 1
+    assert await store.next_due_us() == now_us - 1_000_000  # back at its claimed score

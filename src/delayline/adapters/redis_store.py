@@ -7,7 +7,7 @@ Cluster slot; the tag is the unit of sharding):
 - ``{p}:payload``  HASH  id → prefix + compact JSON (one hash: ~35 % less memory than a hash
                          per event, DESIGN.md)
 - ``{p}:inflight`` ZSET  id → lease deadline (epoch µs)
-- ``{p}:leases``   HASH  id → ``token|score``: the fence for acks, and where a reaped event returns
+- ``{p}:leases``   HASH  id → claim token: the fence for acks (a reaped event is due at once)
 - ``{p}:counts``   HASH  status → total
 - ``{p}:results:<n>`` HASH id → final status, one hash per ``result_ttl_seconds`` of time: an
                          outcome is remembered between one and two TTLs (one EXPIRE per bucket,

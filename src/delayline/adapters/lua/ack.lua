@@ -2,15 +2,20 @@
 -- KEYS: inflight, leases, payload, counts, results (current bucket)
 -- ARGV: token, result ttl seconds (0: remember nothing), now_us, status, reason, ids...
 -- Returns how many events were acknowledged (a stale token acknowledges nothing).
+-- A lease is the bare token; ``token|score`` is the format before 2026-11 (still honoured).
 local inflight, leases, payload, counts, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local token, ttl, status = ARGV[1] .. '|', tonumber(ARGV[2]), ARGV[4]
+local token, ttl, status = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local legacy = token .. '|'
 local result = status .. '|' .. ARGV[3] .. '|' .. ARGV[5]
 local acked = {}
-for i = 6, #ARGV do
-  local id = ARGV[i]
-  local lease = redis.call('HGET', leases, id)
-  if lease and string.sub(lease, 1, #token) == token then
-    acked[#acked + 1] = id
+for start = 6, #ARGV, 500 do
+  local ids = {unpack(ARGV, start, math.min(start + 499, #ARGV))}
+  local held = redis.call('HMGET', leases, unpack(ids))
+  for j = 1, #ids do
+    local lease = held[j]
+    if lease and (lease == token or string.sub(lease, 1, #legacy) == legacy) then
+      acked[#acked + 1] = ids[j]
+    end
   end
 end
 local n = #acked

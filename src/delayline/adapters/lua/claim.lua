@@ -20,12 +20,11 @@ for start = 1, count, chunk do
   local ids, zargs, hargs = {}, {}, {}
   for j = start, stop do
     local id = string.sub(members[2 * j - 1], 10)
-    local score = members[2 * j]
     ids[#ids + 1] = id
     zargs[#zargs + 1] = deadline
     zargs[#zargs + 1] = id
     hargs[#hargs + 1] = id
-    hargs[#hargs + 1] = token .. '|' .. score
+    hargs[#hargs + 1] = token
   end
   redis.call('ZADD', inflight, unpack(zargs))
   redis.call('HSET', leases, unpack(hargs))

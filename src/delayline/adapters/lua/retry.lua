@@ -4,9 +4,11 @@
 -- Returns 1, or 0 when the lease is no longer held under this token.
 local inflight, leases, payload, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, id, score, member, value, channel =
-  ARGV[1] .. '|', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local lease = redis.call('HGET', leases, id)
-if not lease or string.sub(lease, 1, #token) ~= token then return 0 end
+if not lease or (lease ~= token and string.sub(lease, 1, #token + 1) ~= token .. '|') then
+  return 0
+end
 redis.call('ZREM', inflight, id)
 redis.call('HDEL', leases, id)
 redis.call('HSET', payload, id, value)

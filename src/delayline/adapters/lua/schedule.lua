@@ -2,28 +2,39 @@
 -- KEYS: due, payload, counts, results (current bucket), results (previous bucket)
 -- ARGV: channel, then per event: id, score, member, value
 -- Returns one 1 (inserted) or 0 (already there) per event; wakes dispatchers when the
--- earliest due time moved earlier.
+-- earliest due time moved earlier. One HMGET per hash and one ZADD/HSET for the whole call
+-- instead of five commands per event: the per-call overhead of redis.call dominates here.
 local due, payload, counts, recent, older = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel = ARGV[1]
-local out = {}
+local ids = {}
+for i = 2, #ARGV, 4 do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {} end
+local pending = redis.call('HMGET', payload, unpack(ids))
+local finished = redis.call('HMGET', recent, unpack(ids))
+local finished_before = redis.call('HMGET', older, unpack(ids))
+local out, zargs, hargs, seen = {}, {}, {}, {}
 local min_score = nil
-local n = 0
-for i = 2, #ARGV, 4 do
-  local id, score, member, value = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('HEXISTS', payload, id) == 1 or redis.call('HEXISTS', recent, id) == 1
-      or redis.call('HEXISTS', older, id) == 1 then
-    out[#out + 1] = 0
+for j = 1, #ids do
+  local id = ids[j]
+  if pending[j] or finished[j] or finished_before[j] or seen[id] then
+    out[j] = 0
   else
-    redis.call('HSET', payload, id, value)
-    redis.call('ZADD', due, score, member)
-    out[#out + 1] = 1
-    n = n + 1
+    seen[id] = true
+    local base = 4 * j - 2
+    local score = ARGV[base + 1]
+    zargs[#zargs + 1] = score
+    zargs[#zargs + 1] = ARGV[base + 2]
+    hargs[#hargs + 1] = id
+    hargs[#hargs + 1] = ARGV[base + 3]
+    out[j] = 1
     local s = tonumber(score)
     if min_score == nil or s < min_score then min_score = s end
   end
 end
-if n > 0 then
-  redis.call('HINCRBY', counts, 'scheduled', n)
+if min_score ~= nil then
+  redis.call('HSET', payload, unpack(hargs))
+  redis.call('ZADD', due, unpack(zargs))
+  redis.call('HINCRBY', counts, 'scheduled', #hargs / 2)
   local head = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
   if head[2] ~= nil and tonumber(head[2]) >= min_score then
     redis.call('PUBLISH', channel, head[2])
