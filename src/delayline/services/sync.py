@@ -10,6 +10,10 @@ several nodes or a node dying halfway:
 
 A node killed between 2 and 3 leaves the events ``pending`` in ClickHouse and present in Redis:
 the next sync re-inserts nothing and writes ``queued``. Nothing is lost, nothing doubled.
+
+With a store that can read a page after a given event (``due_after``), the next batch is read
+from ClickHouse while Redis takes the current one (ClickHouse and Redis work in parallel; each
+batch still goes read → Redis → ``queued`` in that order).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from delayline.domain.events import ScheduledEvent
 from delayline.ports import Clock
@@ -46,6 +50,14 @@ class SyncFarStore(Protocol):
     async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]: ...
 
     async def cleanup(self, older_than: datetime) -> int: ...
+
+
+class PagedFarStore(SyncFarStore, Protocol):
+    """A far store that can continue after the last event of the previous page."""
+
+    async def due_after(
+        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
+    ) -> list[ScheduledEvent]: ...
 
 
 class Lease(Protocol):
@@ -112,26 +124,64 @@ class SyncService:
         if await self._lease.acquire() is None:
             log.debug("sync: another node holds the lease")
             return 0
-        moved = 0
         try:
-            while True:
-                events = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
-                if not events:
-                    break
-                await self._near.schedule(events)
-                changed = await self._far.mark_queued(events)
-                for schedule_id in changed:  # cancelled/rescheduled since read: take it back
-                    await self._near.discard(schedule_id)
-                moved += len(events) - len(changed)
-                if len(events) < self._batch:
-                    break
-                if await self._lease.renew() is None:
-                    log.warning("sync: lease lost mid-run; stopping (another node continues)")
-                    break
+            if callable(getattr(self._far, "due_after", None)):
+                moved = await self._sync_pipelined(cast(PagedFarStore, self._far))
+            else:
+                moved = await self._sync_serially()
         finally:
             await self._lease.release()
         if moved:
             log.info("sync: moved %d events into Redis", moved)
+        return moved
+
+    async def _move(self, events: Sequence[ScheduledEvent]) -> int:
+        """Redis first, then ``queued``; take back what changed meanwhile. How many moved."""
+        await self._near.schedule(events)
+        changed = await self._far.mark_queued(events)
+        for schedule_id in changed:  # cancelled/rescheduled since read: take it back
+            await self._near.discard(schedule_id)
+        return len(events) - len(changed)
+
+    async def _sync_serially(self) -> int:
+        moved = 0
+        while True:
+            events = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
+            if not events:
+                break
+            moved += await self._move(events)
+            if len(events) < self._batch:
+                break
+            if await self._lease.renew() is None:
+                log.warning("sync: lease lost mid-run; stopping (another node continues)")
+                break
+        return moved
+
+    async def _sync_pipelined(self, far: PagedFarStore) -> int:
+        """Batch k+1 is read while batch k goes into Redis (and is marked ``queued``)."""
+        until = self._clock.now() + self._horizon
+        moved = 0
+        ahead: asyncio.Task[list[ScheduledEvent]] | None = asyncio.ensure_future(
+            far.due_after(until, self._batch, None)
+        )
+        try:
+            while ahead is not None:
+                events = await ahead
+                ahead = None
+                if not events:
+                    break
+                if len(events) >= self._batch:
+                    last = events[-1]
+                    after = (last.scheduled_at, last.priority, last.schedule_id)
+                    ahead = asyncio.ensure_future(far.due_after(until, self._batch, after))
+                moved += await self._move(events)
+                if ahead is not None and await self._lease.renew() is None:
+                    log.warning("sync: lease lost mid-run; stopping (another node continues)")
+                    break
+        finally:
+            if ahead is not None:  # an error or a lost lease: the read ahead is not needed
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
         return moved
 
     async def cleanup_once(self) -> int:

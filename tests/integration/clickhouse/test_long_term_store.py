@@ -63,6 +63,9 @@ class CountingClient:
     async def query(self, sql: str, parameters: Any = None) -> Sequence[Sequence[Any]]:
         return await self.inner.query(sql, parameters)
 
+    async def query_arrow(self, sql: str, parameters: Any = None) -> pa.Table:
+        return await self.inner.query_arrow(sql, parameters)
+
     async def command(self, sql: str, parameters: Any = None) -> Any:
         return await self.inner.command(sql, parameters)
 

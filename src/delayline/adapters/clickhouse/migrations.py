@@ -25,6 +25,17 @@ Why ``event_schedules`` looks like this (measured on chDB 26.9, 2 cores, 1M rows
   never decreases from one version to the next, so a newer row (a ``cancelled`` one) never
   expires before an older one (its ``pending`` one), which would revive the event. Finished
   events are deleted whole by ``ClickHouseLongTermStore.cleanup`` first; the TTL is a backstop.
+
+Migration 2 (measured at 10M rows: the sync's ``FINAL`` read of the next 10 000 due events took
+6–8 s; a minmax skip index on ``scheduled_at`` cannot help, as random ids put due rows in every
+granule): a ``listed_at`` column and a projection ``by_listed``, a copy of the rows sorted by
+it, so the sync reads only the rows it needs, without ``FINAL`` (``long_term_store`` explains
+why that is exact). The copy doubles the table's size on disk. ``ReplacingMergeTree`` accepts a
+projection only when merges and lightweight deletes rebuild it (the two settings). On an
+existing table, rows written before have ``listed_at = scheduled_at``; ``OPTIMIZE … FINAL``
+leaves one row per event, so no older version of a rescheduled event remains that the rule
+would need, and builds the projection of every part (``MATERIALIZE`` makes sure). Upgrade with
+the old nodes stopped: an old node writing a reschedule meanwhile would bypass the rule.
 """
 
 from __future__ import annotations
@@ -70,8 +81,24 @@ ORDER BY schedule_id
 TTL toDateTime(retain_from) + INTERVAL {{ttl_days}} DAY
 """
 
+BY_LISTED_PROJECTION = "by_listed"
+
+_BY_LISTED = [
+    f"ALTER TABLE {{db}}.{EVENTS_TABLE} ADD COLUMN IF NOT EXISTS "
+    "listed_at DateTime64(6, 'UTC') DEFAULT scheduled_at",
+    f"ALTER TABLE {{db}}.{EVENTS_TABLE} MODIFY SETTING "
+    "deduplicate_merge_projection_mode = 'rebuild', "
+    "lightweight_mutation_projection_mode = 'rebuild'",
+    f"ALTER TABLE {{db}}.{EVENTS_TABLE} ADD PROJECTION IF NOT EXISTS {BY_LISTED_PROJECTION} "
+    "(SELECT * ORDER BY listed_at)",
+    f"OPTIMIZE TABLE {{db}}.{EVENTS_TABLE} FINAL",
+    f"ALTER TABLE {{db}}.{EVENTS_TABLE} MATERIALIZE PROJECTION {BY_LISTED_PROJECTION} "
+    "SETTINGS mutations_sync = 2",
+]
+
 CORE_MIGRATIONS: list[Migration] = [
     (1, "event_schedules: versioned schedule rows", [_EVENTS.strip()]),
+    (2, "event_schedules: listed_at and the by_listed projection for the sync", _BY_LISTED),
 ]
 
 
