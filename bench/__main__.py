@@ -40,7 +40,7 @@ FULL: dict[str, Any] = {
     "firing": {"n": 200_000, "batches": (100, 1000)},
     "precision": {"rate": 2000, "duration": 60.0, "variants": True},
     "memory": {"n": 200_000, "n_rss": 1_000_000},
-    "longterm": {"n_insert": 1_000_000, "n_total": 1_000_000, "n_due": 100_000},
+    "longterm": {"n_insert": 1_000_000, "n_total": 10_000_000, "n_due": 100_000},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -50,7 +50,7 @@ QUICK: dict[str, Any] = {
     "firing": {"n": 5_000, "batches": (100, 1000)},
     "precision": {"rate": 300, "duration": 3.0, "variants": False},
     "memory": {"n": 5_000, "n_rss": 10_000},
-    "longterm": {"n_insert": 5_000, "n_total": 5_000, "n_due": 1_000},
+    "longterm": {"n_insert": 5_000, "n_total": 20_000, "n_due": 1_000},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
