@@ -21,7 +21,10 @@ def lateness_cdf(
         cdf = run["cdf_ms"]
         if not cdf:
             continue
-        label = f"{run['rate']:g}/s, linger {run['linger_ms']:g} ms, hz {run['hz']}"
+        label = (
+            f"{run['rate']:g}/s, linger {run['linger_ms']:g} ms, "
+            f"lookahead {run.get('lookahead_ms', 2):g} ms"
+        )
         ax.plot([max(x, 0.01) for x, _ in cdf], [f for _, f in cdf], label=label)
     for name, peer in (peers or {}).items():
         cdf = peer.get("precision", {}).get("cdf_ms")

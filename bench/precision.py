@@ -6,6 +6,10 @@ process runs one :class:`Dispatcher`. Lateness is the delivery report's wall tim
 event's due time (``ExecutionResult.delay_seconds``), so it includes the claim, the publish and
 the broker's acknowledgement. A separate process keeps the load generator from competing with
 the dispatcher for this interpreter's GIL.
+
+Beside it, the machine's ceiling for the same measurement: ``raw_produce_lateness`` produces
+messages with librdkafka alone at the same rate, each at its intended send time, and takes the
+delivery report's time minus that time: what the broker path adds, with no scheduler at all.
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import random
+import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from confluent_kafka import Producer
+
 from bench.common import CollectingSink, Result, body_300, near_store, percentiles, publisher
 from bench.common import redis_client as make_client
+from delayline.adapters.kafka_producer import producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
@@ -70,8 +79,12 @@ async def run_one(
     delays: tuple[float, float] = (0.5, 5.0),
     linger_ms: float = 1.0,
     hz: int = 100,
+    lookahead_s: float | None = None,
 ) -> Result:
-    """One steady-load run; returns lateness percentiles in milliseconds."""
+    """One steady-load run; returns lateness percentiles in milliseconds.
+
+    ``lookahead_s``: the dispatcher's ``claim_lookahead_seconds`` (None: the product default).
+    """
     topic = f"bench-prec-{uuid.uuid4().hex[:8]}"
     admin = make_client(redis_url)
     old_hz = (await admin.config_get("hz")).get("hz") or "10"
@@ -80,6 +93,8 @@ async def run_one(
         async with near_store(redis_url) as store, publisher(bootstrap, linger_ms) as pub:
             sink = CollectingSink()
             config = DispatcherConfig(max_sleep_seconds=5.0, node_id="bench")
+            if lookahead_s is not None:
+                config = replace(config, claim_lookahead_seconds=lookahead_s)
             dispatcher = Dispatcher(store, pub, sink, SystemClock(), config)
             task = asyncio.create_task(dispatcher.run())
             await asyncio.sleep(0.2)  # subscribed to wake-ups before the load begins
@@ -104,6 +119,7 @@ async def run_one(
         "duration_s": duration,
         "linger_ms": linger_ms,
         "hz": hz,
+        "lookahead_ms": config.claim_lookahead_seconds * 1000,
         "scheduled": sent,
         "fired": len(late_ms),
         "outcomes": sink.outcomes,
@@ -126,16 +142,67 @@ def _cdf(values: list[float]) -> list[list[float]]:
     return [[ordered[min(n - 1, int(f * n))], f] for f in sorted(set(fractions))]
 
 
+def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms: float) -> Result:
+    """librdkafka alone at ``rate`` messages/s: delivery report minus the intended send time."""
+    producer: Any = Producer(
+        producer_config(bootstrap, linger_ms=linger_ms, lease_seconds=30, extra={})
+    )
+    topic = f"bench-prec-raw-{uuid.uuid4().hex[:8]}"
+    producer.produce(topic, value=b"x")  # topic metadata fetched before timing
+    producer.flush(10)
+    value = body_300().encode()
+    late_ms: list[float] = []
+    polling = threading.Event()
+    polling.set()
+
+    def poll_forever() -> None:  # the product's shape: one poll thread for delivery reports
+        while polling.is_set():
+            producer.poll(0.05)
+
+    poller = threading.Thread(target=poll_forever, daemon=True)
+    poller.start()
+    started = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - started) < duration:
+        due = int(rate * elapsed)
+        while sent < due:
+            at = started + sent / rate
+
+            def delivered(err: object, _msg: object, at: float = at) -> None:
+                if err is None:
+                    late_ms.append((time.perf_counter() - at) * 1000)
+
+            producer.produce(topic, value=value, on_delivery=delivered)
+            sent += 1
+        time.sleep(0.0005)
+    producer.flush(30)
+    polling.clear()
+    poller.join()
+    stats = percentiles(late_ms, (50, 99, 99.9))
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        "linger_ms": linger_ms,
+        "sent": sent,
+        "delivered": len(late_ms),
+        "p50_ms": stats["p50"],
+        "p99_ms": stats["p99"],
+        "p99_9_ms": stats["p99.9"],
+        "max_ms": max(late_ms) if late_ms else float("nan"),
+    }
+
+
 async def run(
     redis_url: str, bootstrap: str, *, rate: float, duration: float, variants: bool
 ) -> Result:
-    """The headline run (product defaults: linger 1 ms, hz 100) and, optionally, variants."""
+    """The headline run (product defaults), the raw-produce ceiling and, optionally, variants:
+    linger 0 ms, and the old 2 ms claim lookahead."""
     delays = (0.5, 5.0) if duration >= 20 else (0.5, 1.0)
     main = await run_one(redis_url, bootstrap, rate=rate, duration=duration, delays=delays)
     runs = [main]
     if variants:
         short = max(10.0, duration / 2)
-        for linger, hz in ((0.0, 100), (1.0, 10)):
+        for linger, lookahead in ((0.0, None), (1.0, 0.002)):
             runs.append(
                 await run_one(
                     redis_url,
@@ -144,9 +211,12 @@ async def run(
                     duration=short,
                     delays=delays,
                     linger_ms=linger,
-                    hz=hz,
+                    lookahead_s=lookahead,
                 )
             )
+    ceiling = await asyncio.to_thread(
+        raw_produce_lateness, bootstrap, rate, min(duration, 30.0), main["linger_ms"]
+    )
     return {
         "scenario": "3 firing precision",
         "p50_ms": main["p50_ms"],
@@ -155,4 +225,6 @@ async def run(
         "max_ms": main["max_ms"],
         "target_p99_ms": 5.0,
         "runs": runs,
+        "ceiling_raw_produce": ceiling,
+        "p99_over_raw_produce_p99": main["p99_ms"] / ceiling["p99_ms"],
     }

@@ -85,8 +85,10 @@ class Settings(BaseSettings):
     max_inflight_batches: int = Field(16, gt=0)
     lease_seconds: float = Field(30, gt=0)
     """A claimed event not acknowledged within this time is given to another node."""
-    claim_lookahead_seconds: float = Field(0.002, ge=0, le=1)
-    """Claim this long before due, publish at the due time: hides the claim's round trip."""
+    claim_lookahead_seconds: float = Field(0.02, ge=0, le=1)
+    """Claim this long before due, publish at the due time: hides the claim's round trip
+    (p99 11 ms on a loaded 2-core VM; BENCHMARKS.md). An event claimed ahead is firing and can
+    no longer be cancelled."""
     max_publish_attempts: int = Field(5, gt=0)
     retry_backoff_initial: float = Field(0.5, gt=0)
     retry_backoff_max: float = Field(60, gt=0)

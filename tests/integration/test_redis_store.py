@@ -134,3 +134,34 @@ async def test_leases_written_by_the_previous_format_still_ack_and_reap(
     assert await store.ack(claim.token, [Finished("old-a", EventStatus.COMPLETED)]) == 1
     assert await store.reap(now_us + 2_000_000) == 1
     assert await store.next_due_us() == now_us - 1_000_000  # back at its claimed score
+
+
+async def test_values_written_by_the_previous_format_still_work(
+    store: RedisNearTermStore,
+) -> None:
+    """Before 2026-11 every value started with its member prefix and carried ``"k"``."""
+    client = store._redis  # writing the old format by hand
+    due_us = to_epoch_us(utc_now()) - 1_000_000
+    for sid in ("legacy-a", "legacy-b"):
+        old = f'7fffffff:{{"t":"t","s":{due_us},"k":{due_us - 5_000_000}}}\n{{"x":1}}'
+        await client.hset(store.payload_key, sid, old)
+        await client.zadd(store.due_key, {f"7fffffff:{sid}": due_us})
+    got = await store.get("legacy-a")
+    assert got is not None and got.due_us == due_us and got.body == '{"x":1}'
+    assert to_epoch_us(got.created_at) == due_us - 5_000_000
+    assert await store.cancel("legacy-a")
+    claim = await store.claim(due_us + 1, 10, 30)
+    assert [e.schedule_id for e in claim.events] == ["legacy-b"]
+
+
+async def test_priority_zero_values_carry_no_prefix(store: RedisNearTermStore) -> None:
+    await store.schedule([_event(60, sid="plain"), _event(60, priority=3, sid="urgent")])
+    client = store._redis
+    plain = await client.hget(store.payload_key, "plain")
+    urgent = await client.hget(store.payload_key, "urgent")
+    assert isinstance(plain, bytes) and plain.startswith(b"{")
+    assert isinstance(urgent, bytes) and urgent.startswith(b"7ffffffc:{")
+    for sid in ("plain", "urgent"):  # each script finds the member from the value
+        assert await store.reschedule(sid, to_epoch_us(utc_now()) + 90_000_000)
+        assert await store.cancel(sid)
+    assert (await store.counts())["pending"] == 0

@@ -138,3 +138,13 @@ def test_defaults_match_the_spec() -> None:
     assert settings.execution_history_ttl_days == 90
     assert settings.analytics_enabled is True
     assert settings.analytics_batch_size == 1000
+
+
+def test_epoch_microseconds_are_exact_on_both_sides_of_the_float_path() -> None:
+    """``from_epoch_us`` takes a float shortcut below 2**32 s; check it where doubles are
+    coarsest, and that the exact path takes over above it."""
+    edge = 2**32 * 10**6
+    for us in (*range(edge - 3000, edge + 3000), 1_795_981_815_572_123, 0, 1, 999_999):
+        got = from_epoch_us(us)
+        assert to_epoch_us(got) == us
+        assert got == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)

@@ -3,7 +3,9 @@
 ``<JSON of the fields>\\n<body>``: the body is stored raw after the first newline (JSON never
 contains a raw newline), so a JSON body is not escaped a second time; the schedule id is not
 stored (it is the hash field), nor are empty or default fields. This keeps Redis memory per
-pending event small (DESIGN.md: ≈ 473 B budget with a 300-byte body).
+pending event small (DESIGN.md: ≈ 473 B budget with a 300-byte body). The creation time is
+stored as microseconds before the due time (``"d"``, 7–13 digits instead of 16); values written
+before 2026-11 carry it absolute (``"k"``) and still decode.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from delayline.domain.events import (
 
 def encode_event(event: ScheduledEvent) -> bytes:
     """Serialize ``event`` without its id and status (the store knows both)."""
-    doc: dict[str, Any] = {"t": event.topic, "s": event.due_us, "k": to_epoch_us(event.created_at)}
+    due_us = event.due_us
+    doc: dict[str, Any] = {
+        "t": event.topic,
+        "s": due_us,
+        "d": due_us - to_epoch_us(event.created_at),
+    }
     if event.entity_type:
         doc["e"] = event.entity_type
     if event.action:
@@ -49,7 +56,8 @@ def decode_event(
     """The event serialized by :func:`encode_event`, with its id and ``status``."""
     meta, _, body = raw.partition(b"\n")
     doc = orjson.loads(meta)
-    created = from_epoch_us(doc["k"])
+    due_us: int = doc["s"]
+    created = from_epoch_us(due_us - doc["d"] if "d" in doc else doc["k"])
     return ScheduledEvent(
         schedule_id=schedule_id,
         topic=doc["t"],
@@ -58,7 +66,7 @@ def decode_event(
         body=body.decode(),
         correlation_id=doc.get("c", ""),
         headers=doc.get("h", {}),
-        scheduled_at=from_epoch_us(doc["s"]),
+        scheduled_at=from_epoch_us(due_us),
         max_delay_seconds=doc.get("m", DEFAULT_MAX_DELAY_SECONDS),
         priority=doc.get("p", 0),
         status=status,

@@ -1,7 +1,13 @@
 -- Remove a pending event without remembering it (the sync taking back a stale copy).
 -- KEYS: due, payload; ARGV: id. Returns 1 if removed.
+-- The due-set member of a stored value: values of priority-0 events start with '{' and
+-- carry no prefix (9 bytes less per event); others start with their 9-byte member prefix.
+local function member_of(value, id)
+  if string.byte(value, 1) == 123 then return '7fffffff:' .. id end
+  return string.sub(value, 1, 9) .. id
+end
 local value = redis.call('HGET', KEYS[2], ARGV[1])
 if not value then return 0 end
-if redis.call('ZREM', KEYS[1], string.sub(value, 1, 9) .. ARGV[1]) == 0 then return 0 end
+if redis.call('ZREM', KEYS[1], member_of(value, ARGV[1])) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
