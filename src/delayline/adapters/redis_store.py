@@ -43,7 +43,12 @@ SCHEDULE_CHUNK = 500
 
 def member_prefix(priority: int) -> str:
     """Sortable prefix: among equal scores, higher priority sorts first."""
+    if priority == 0:
+        return _DEFAULT_PREFIX
     return f"{_PRIORITY_OFFSET - priority:08x}:"
+
+
+_DEFAULT_PREFIX = f"{_PRIORITY_OFFSET:08x}:"
 
 
 def stored_value(event: ScheduledEvent) -> bytes:
@@ -125,11 +130,9 @@ class RedisNearTermStore:
         keys = [self.due_key, self.payload_key, self.counts_key, *self.result_buckets()]
         args: list[Any] = [self.channel]
         for event in events:
-            prefix = member_prefix(event.priority)
             args += [
-                event.schedule_id,
+                member_prefix(event.priority) + event.schedule_id,
                 event.due_us,
-                prefix + event.schedule_id,
                 stored_value(event),
             ]
         return keys, args

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -124,8 +124,9 @@ _FLOAT_EXACT_US = 2**32 * 1_000_000
 
 
 def new_schedule_id() -> str:
-    """A fresh, unique schedule id."""
-    return uuid.uuid4().hex
+    """A fresh, unique schedule id: 128 random bits as 32 hex digits (the shape of a uuid4's
+    hex, without building a ``UUID``: 1 µs instead of 5 on the bulk path)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +252,12 @@ def encode_body(body: object, max_bytes: int) -> str:
         raise InvalidEventError(
             "body", f"must be str, bytes, dict or list, not {type(body).__name__}"
         )
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates
+        raise InvalidEventError("body", "contains characters that are not valid UTF-8") from None
     if size > max_bytes:
         raise InvalidEventError("body", f"is {size} bytes; the limit is {max_bytes}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEventError("body", "contains characters that are not valid UTF-8") from None
     return text
 
 

@@ -134,7 +134,11 @@ class SchedulerService:
         self, events: Sequence[ScheduledEvent], source: str = "api"
     ) -> list[bool]:
         """Store validated events in their tiers; True where new. Durable on return."""
-        tiers = [self.tier_for(e) for e in events]
+        now = self._clock.now()  # one instant for the whole batch
+        tiers = [
+            Tier.REDIS if self._far is None else route(e.scheduled_at, now, self._horizon)
+            for e in events
+        ]
         near = [e for e, t in zip(events, tiers, strict=True) if t is Tier.REDIS]
         far = [e for e, t in zip(events, tiers, strict=True) if t is Tier.CLICKHOUSE]
         near_new = iter(await self._near.schedule(near) if near else [])
