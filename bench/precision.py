@@ -162,19 +162,16 @@ def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms
     poller = threading.Thread(target=poll_forever, daemon=True)
     poller.start()
     started = time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - started) < duration:
-        due = int(rate * elapsed)
-        while sent < due:
-            at = started + sent / rate
+    total = int(rate * duration)
+    for sent in range(total):
+        at = started + sent / rate
+        time.sleep(max(0.0, at - time.perf_counter()))
 
-            def delivered(err: object, _msg: object, at: float = at) -> None:
-                if err is None:
-                    late_ms.append((time.perf_counter() - at) * 1000)
+        def delivered(err: object, _msg: object, at: float = at) -> None:
+            if err is None:
+                late_ms.append((time.perf_counter() - at) * 1000)
 
-            producer.produce(topic, value=value, on_delivery=delivered)
-            sent += 1
-        time.sleep(0.0005)
+        producer.produce(topic, value=value, on_delivery=delivered)
     producer.flush(30)
     polling.clear()
     poller.join()
@@ -183,7 +180,7 @@ def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms
         "rate": rate,
         "duration_s": duration,
         "linger_ms": linger_ms,
-        "sent": sent,
+        "sent": total,
         "delivered": len(late_ms),
         "p50_ms": stats["p50"],
         "p99_ms": stats["p99"],
