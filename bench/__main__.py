@@ -2,7 +2,9 @@
 [--out-dir DIR]``.
 
 Starts its own embedded Valkey and Tansu, runs the scenarios in order, prints a table and writes
-``latest.json`` (``quick.json`` with ``--quick``) and PNG plots to the output folder. The peers
+``latest.json`` (``quick.json`` with ``--quick``) and PNG plots to the output folder;
+``--merge`` adds this run's scenarios to the results already there (each keeps its own
+``when``/``git_commit`` under ``run``), for a scenario re-run on its own. The peers
 (``arq``, ``bullmq``) each get their own Valkey and are installed on first use (a venv, ``npm
 ci``); ``--quick`` skips them. ``--repeat K`` runs the key scenarios K times and records the
 median of each headline figure under ``median``.
@@ -165,24 +167,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help=f"run {', '.join(REPEATABLE)} this many times"
     )
+    parser.add_argument(
+        "--merge", action="store_true", help="add to the results already in the output folder"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     only = args.only or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     results = asyncio.run(_run(only, sizes, args.repeat))
+    out: Path = args.out_dir
+    stem = "quick" if args.quick else "latest"
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    machine = _machine()
+    for result in results.values():
+        result["run"] = {"when": when, "git_commit": machine["git_commit"]}
+    if args.merge and (out / f"{stem}.json").exists():
+        earlier = json.loads((out / f"{stem}.json").read_text())["results"]
+        results = {**earlier, **results}
     doc = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "when": when,
         "quick": args.quick,
-        "machine": _machine(),
+        "machine": machine,
         "total_wall_s": time.perf_counter() - started,
         "repeat": args.repeat,
         "results": results,
         "peer_ratios": peer_ratios(results),
     }
-    out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "latest"
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     if "precision" in results and "runs" in results["precision"]:
         peers_done = {k: results[k] for k in ("arq", "bullmq") if "precision" in results.get(k, {})}
