@@ -95,3 +95,34 @@ async def test_permanent_failure_fails_at_once(
     assert got.last_error is not None
     assert "MSG_SIZE_TOO_LARGE" in got.last_error
     assert [r.retry_count for r in results.items] == [0]
+
+
+async def test_one_publish_call_reports_each_event_in_order(
+    broker: EmbeddedTansu, unique: str
+) -> None:
+    """Refused at once (too big), delivered, and nothing at all: one outcome per event, in the
+    order given, whichever thread produced it."""
+    publisher = KafkaEventPublisher(
+        producer_config(broker.bootstrap_servers, linger_ms=0, lease_seconds=30, extra={})
+    )
+    await publisher.start()
+    try:
+        assert await publisher.publish([]) == []
+        events = [
+            new_event(
+                topic=f"mixed-{unique}",
+                body="x" * (1_100_000 if i == 2 else 10),
+                scheduled_at=utc_now(),
+                max_body_bytes=2_000_000,
+            )
+            for i in range(5)
+        ]
+        started = time.time()
+        outcomes = await asyncio.wait_for(publisher.publish(events), 30)
+    finally:
+        await publisher.stop()
+    assert len(outcomes) == 5
+    refused = outcomes[2]
+    assert isinstance(refused, PublishError) and refused.error_class is ErrorClass.PERMANENT
+    delivered = [o for i, o in enumerate(outcomes) if i != 2]
+    assert all(isinstance(o, float) and o >= started for o in delivered)

@@ -1,13 +1,15 @@
 """Publishing fired events with confluent-kafka's sync ``Producer`` and one poll thread.
 
 ``AIOProducer`` cannot send headers (DESIGN.md), so one thread polls for delivery reports and
-hands them, a batch per poll, to the event loop that awaits them.
+hands them, a batch per poll, to the event loop that awaits them: one future per ``publish``
+call, resolved when its last report is in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -92,7 +94,7 @@ class KafkaEventPublisher:
         self._thread: threading.Thread | None = None
         self._running = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: list[tuple[asyncio.Future[BaseException | float], BaseException | float]] = []
+        self._ready: list[_Pending] = []
         self._lock = threading.Lock()
         self._fatal = threading.Event()
         self.rebuilds = 0
@@ -167,31 +169,39 @@ class KafkaEventPublisher:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(_resolve_all, ready)
 
+    def _settle(self, pending: _Pending, index: int, outcome: BaseException | float) -> bool:
+        """Record an outcome known at once; True when it was the call's last."""
+        with self._lock:
+            pending.outcomes[index] = outcome
+            pending.left -= 1
+            return pending.left == 0
+
     def _on_delivery(
-        self, future: asyncio.Future[BaseException | float], error: KafkaError | None
+        self, pending: _Pending, index: int, error: KafkaError | None, _msg: object
     ) -> None:
-        # Runs on the poll thread; the loop resolves futures in batches in _hand_over.
+        # Runs on the poll thread (or a flushing one); a call's future is resolved once, by
+        # the loop, when its last report is in: no future nor loop callback per message.
         outcome: BaseException | float = (
             classify_kafka_error(error) if error is not None else time.time()
         )
         with self._lock:
-            self._ready.append((future, outcome))
+            pending.outcomes[index] = outcome
+            pending.left -= 1
+            if pending.left == 0:
+                self._ready.append(pending)
 
     async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
         """Publish each event; per event the broker-ack wall time, or the error."""
         if self._producer is None:
             raise RuntimeError("publisher not started")
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[BaseException | float]] = []
-        for event in events:
-            future: asyncio.Future[BaseException | float] = loop.create_future()
-            futures.append(future)
-            await self._produce(event, future)
-        return list(await asyncio.gather(*futures))
+        if not events:
+            return []
+        pending = _Pending(asyncio.get_running_loop().create_future(), len(events))
+        for index, event in enumerate(events):
+            await self._produce(event, pending, index)
+        return await pending.future
 
-    async def _produce(
-        self, event: ScheduledEvent, future: asyncio.Future[BaseException | float]
-    ) -> None:
+    async def _produce(self, event: ScheduledEvent, pending: _Pending, index: int) -> None:
         while True:
             try:
                 self._producer.produce(
@@ -199,13 +209,14 @@ class KafkaEventPublisher:
                     value=event.body.encode(),
                     key=event.message_key.encode(),
                     headers=event.outgoing_headers(),
-                    on_delivery=lambda err, _msg, f=future: self._on_delivery(f, err),
+                    on_delivery=functools.partial(self._on_delivery, pending, index),
                 )
                 return
             except BufferError:
                 await asyncio.sleep(0.005)  # local queue full: let the poll thread drain it
             except KafkaException as exc:
-                future.set_result(classify_kafka_error(exc.args[0]))
+                if self._settle(pending, index, classify_kafka_error(exc.args[0])):
+                    _resolve_all([pending])  # on the loop already
                 return
 
     async def ping(self, timeout: float = 2.0) -> bool:
@@ -219,9 +230,18 @@ class KafkaEventPublisher:
         return True
 
 
-def _resolve_all(
-    ready: list[tuple[asyncio.Future[BaseException | float], BaseException | float]],
-) -> None:
-    for future, outcome in ready:
-        if not future.done():
-            future.set_result(outcome)
+class _Pending:
+    """One :meth:`KafkaEventPublisher.publish` call waiting for its delivery reports."""
+
+    __slots__ = ("future", "left", "outcomes")
+
+    def __init__(self, future: asyncio.Future[list[BaseException | float]], size: int) -> None:
+        self.future = future
+        self.outcomes: list[BaseException | float] = [0.0] * size
+        self.left = size
+
+
+def _resolve_all(ready: list[_Pending]) -> None:
+    for pending in ready:
+        if not pending.future.done():  # a cancelled publish just drops its reports
+            pending.future.set_result(pending.outcomes)
