@@ -456,3 +456,28 @@ async def test_an_event_moved_earlier_behind_the_pages_moves_on_the_next_run(
     assert sorted(ids(claim.events)) == sorted([*ids(events), "late"])
     late = next(e for e in claim.events if e.schedule_id == "late")
     assert late.scheduled_at == NOW + timedelta(days=2, microseconds=1)
+
+
+# --- pre-existing, outside the reviewed change (scheduler.py + the sync's discard) ---
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing: the sync discards the user's new copy")
+async def test_a_reschedule_into_redis_racing_the_sync_keeps_the_event(
+    lt_store: ClickHouseLongTermStore, store: RedisNearTermStore, redis_client: Redis
+) -> None:
+    from delayline.services.scheduler import SchedulerService
+
+    clock = ManualClock(NOW)
+    lease = RedisLease(redis_client, f"{store.due_key[:-4]}:sync", ttl=30)
+    service = SchedulerService(store, clock, immediate_horizon_seconds=600, far=lt_store)
+    await lt_store.insert([event("r", days=1 / 48)])  # due in 30 minutes
+    soon = NOW + timedelta(minutes=5)
+
+    async def reschedule() -> None:  # after the sync's read, before its Redis write
+        assert await service.reschedule_event("r", soon)
+
+    far = _Far(lt_store, after_page={1: reschedule})
+    sync = SyncService(store, far, lease, clock, transfer_horizon_seconds=3600, retention_days=90)
+    await sync.sync_once()
+    got = await store.get("r")
+    assert got is not None and got.scheduled_at == soon
