@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 from delayline.adapters.redis_store import RedisNearTermStore
@@ -165,3 +166,15 @@ async def test_priority_zero_values_carry_no_prefix(store: RedisNearTermStore) -
         assert await store.reschedule(sid, to_epoch_us(utc_now()) + 90_000_000)
         assert await store.cancel(sid)
     assert (await store.counts())["pending"] == 0
+
+
+async def test_discard_of_a_written_copy_spares_a_newer_one(store: RedisNearTermStore) -> None:
+    written = _event(60, sid="copy")
+    await store.schedule([written])
+    assert await store.reschedule("copy", to_epoch_us(utc_now()) + 120_000_000)  # a user moved it
+    assert not await store.discard("copy", written)
+    assert await store.get("copy") is not None
+    moved = await store.get("copy")
+    assert moved is not None
+    assert await store.discard("copy", replace(moved, status=EventStatus.PENDING))
+    assert await store.get("copy") is None

@@ -201,9 +201,16 @@ class RedisNearTermStore:
         )
         return bool(done)
 
-    async def discard(self, schedule_id: str) -> bool:
-        """Remove a pending event without remembering it (it may be scheduled again)."""
-        return bool(await self._run("discard", [self.due_key, self.payload_key], [schedule_id]))
+    async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
+        """Remove a pending event without remembering it (it may be scheduled again).
+
+        With ``written`` (the copy the caller stored), only if the stored one is still that
+        copy: a user's reschedule written since is kept.
+        """
+        args: list[Any] = [schedule_id]
+        if written is not None:
+            args.append(stored_value(written))
+        return bool(await self._run("discard", [self.due_key, self.payload_key], args))
 
     async def remove_orphans(self, scan_count: int = 500) -> int:
         """Remove payloads and inflight entries nothing refers to; returns how many."""

@@ -184,12 +184,15 @@ class SchedulerService:
             # A sync that read the old version may have put a copy in Redis: take it back.
             await self._discard_near(schedule_id)
             return True
-        # Due soon now: into Redis first (idempotent), then retire the ClickHouse row.
+        # Due soon now: retire the ClickHouse row, then put the event into Redis at its new
+        # time. A sync that read the old row may have put a copy there first: move that copy
+        # (the sync takes back only the exact copy it wrote, so a moved one stays).
         moved = replace(stored, scheduled_at=when)
         if not await self._far.cancel(schedule_id):
             return False
-        await self._near.schedule([moved])
-        return True
+        if (await self._near.schedule([moved]))[0]:
+            return True
+        return await self._near.reschedule(schedule_id, to_epoch_us(when))
 
     async def _reschedule_near(self, event: ScheduledEvent, when: datetime) -> bool:
         if self._far is None or self.tier_for(replace(event, scheduled_at=when)) is Tier.REDIS:

@@ -37,7 +37,9 @@ class SyncNearStore(Protocol):
 
     async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]: ...
 
-    async def discard(self, schedule_id: str) -> bool: ...
+    async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
+        """Remove a pending event; with ``written``, only if it is still that copy."""
+        ...
 
     async def remove_orphans(self) -> int: ...
 
@@ -139,8 +141,12 @@ class SyncService:
         """Redis first, then ``queued``; take back what changed meanwhile. How many moved."""
         await self._near.schedule(events)
         changed = await self._far.mark_queued(events)
-        for schedule_id in changed:  # cancelled/rescheduled since read: take it back
-            await self._near.discard(schedule_id)
+        if changed:
+            by_id = {e.schedule_id: e for e in events}
+            for schedule_id in changed:
+                # Cancelled/rescheduled since read: take back the copy written here, and only
+                # that one (a user's reschedule into Redis may have replaced it meanwhile).
+                await self._near.discard(schedule_id, by_id[schedule_id])
         return len(events) - len(changed)
 
     async def _sync_serially(self) -> int:
