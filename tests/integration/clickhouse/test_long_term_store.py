@@ -214,3 +214,18 @@ async def test_mark_status_and_cleanup_leave_live_events_alone(
     remaining = await lt_store.counts()
     assert remaining["queued"] == 1 and remaining["pending"] == 1
     assert sum(remaining.values()) == 2
+
+
+async def test_cleanup_removes_queued_events_due_before_the_window(
+    lt_store: ClickHouseLongTermStore,
+) -> None:
+    """Handed to Redis long ago: their outcome is elsewhere. Recent or pending ones stay."""
+    await lt_store.insert([event("q-old", days=1), event("p", days=1.5), event("q-new", days=5)])
+    due = await lt_store.due_before(NOW + timedelta(days=6), 3)
+    assert await lt_store.mark_queued([e for e in due if e.schedule_id != "p"]) == []
+    assert await lt_store.cleanup(NOW) == 0  # none was due before now
+    assert await lt_store.cleanup(NOW + timedelta(days=2)) == 1
+    assert await lt_store.get("q-old") is None
+    pending, recent = await lt_store.get("p"), await lt_store.get("q-new")
+    assert pending is not None and pending.status is EventStatus.PENDING
+    assert recent is not None and recent.status is EventStatus.QUEUED

@@ -611,11 +611,17 @@ class ClickHouseLongTermStore:
         return len(rows)
 
     async def cleanup(self, older_than: datetime) -> int:
-        """Delete every version of events finished before ``older_than``; returns how many
-        events. Live events are never touched."""
+        """Delete every version of events finished before ``older_than``, and of events
+        handed to Redis (``queued``) that were due before it; returns how many events.
+
+        A ``queued`` row's outcome lives in Redis and the analytics table; without this the
+        table, and the ``listed_at`` prefix every sync reads, would grow with all history.
+        Live events are never touched."""
         where = (
-            f"SELECT schedule_id FROM {self._table} FINAL WHERE status IN ({_TERMINAL_SQL}) "
-            "AND updated_at < fromUnixTimestamp64Micro({before:Int64}, 'UTC')"
+            f"SELECT schedule_id FROM {self._table} FINAL WHERE (status IN ({_TERMINAL_SQL}) "
+            "AND updated_at < fromUnixTimestamp64Micro({before:Int64}, 'UTC')) "
+            "OR (status = 'queued' "
+            "AND scheduled_at < fromUnixTimestamp64Micro({before:Int64}, 'UTC'))"
         )
         params = {"before": to_epoch_us(older_than)}
         rows = await self._client.query(f"SELECT count() FROM ({where}{_FINAL_SETTINGS})", params)
