@@ -27,11 +27,14 @@ class Claim:
     """A batch of due events leased to one dispatcher; ``token`` fences its acks.
 
     ``next_due_us``: due time of the earliest event left pending after the claim (None: none).
+    ``fire_at_us``: per event, when it may be published: its due time, or for a retry the end
+    of its backoff (its ``scheduled_at`` stays the original). Empty: at ``scheduled_at``.
     """
 
     token: str
     events: Sequence[ScheduledEvent]
     next_due_us: int | None = None
+    fire_at_us: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)

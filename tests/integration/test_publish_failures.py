@@ -126,3 +126,39 @@ async def test_one_publish_call_reports_each_event_in_order(
     assert isinstance(refused, PublishError) and refused.error_class is ErrorClass.PERMANENT
     delivered = [o for i, o in enumerate(outcomes) if i != 2]
     assert all(isinstance(o, float) and o >= started for o in delivered)
+
+
+class FailsOnce:
+    """Fails the first publish (transient), then delivers; records when each attempt came."""
+
+    def __init__(self) -> None:
+        self.attempts: list[float] = []
+
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+        self.attempts += [time.monotonic()] * len(events)
+        if len(self.attempts) == 1:
+            return [PublishError("NOT_LEADER: try again", ErrorClass.TRANSIENT)]
+        return [time.time() for _ in events]
+
+
+async def test_a_retry_waits_out_its_backoff_even_when_claimed_ahead(
+    store: RedisNearTermStore,
+) -> None:
+    """The claim runs ahead of the retry time (lookahead 0.5 s); the publish must not."""
+    publisher = FailsOnce()
+    config = DispatcherConfig(
+        max_sleep_seconds=0.5,
+        retry_backoff_initial=0.3,
+        retry_backoff_max=1.0,
+        claim_lookahead_seconds=0.5,
+    )
+    dispatcher = Dispatcher(store, publisher, Results(), SystemClock(), config)
+    task = asyncio.create_task(dispatcher.run())
+    event = new_event(topic="t", body="b", scheduled_at=utc_now())
+    await store.schedule([event])
+    got = await eventually_status(lambda: store.get(event.schedule_id), timeout=15)
+    dispatcher.stop()
+    await task
+    assert isinstance(got, ScheduledEvent) and got.status is EventStatus.COMPLETED
+    assert len(publisher.attempts) == 2
+    assert publisher.attempts[1] - publisher.attempts[0] >= 0.3  # half of 2 * 0.3 s at least

@@ -147,6 +147,7 @@ class RedisNearTermStore:
             [now_us, limit, deadline, token],
         )
         events = []
+        fire_at: list[int] = []
         tail = flat.pop() if flat else b""
         next_due = int(float(tail)) if tail else None
         for i in range(0, len(flat), 3):
@@ -155,7 +156,8 @@ class RedisNearTermStore:
                 continue  # payload vanished: nothing to fire (cannot happen via the scripts)
             schedule_id = flat[i].decode()
             events.append(decode_event(_codec_bytes(value), schedule_id, EventStatus.PROCESSING))
-        return Claim(token=token, events=events, next_due_us=next_due)
+            fire_at.append(int(float(flat[i + 1])))
+        return Claim(token=token, events=events, next_due_us=next_due, fire_at_us=fire_at)
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int = 0) -> int:
         """Final states for events still leased under ``token``; others are left alone."""

@@ -181,7 +181,9 @@ class Dispatcher:
         started_wall = time.time()  # delivery reports carry wall time; map them onto the clock
         finished: list[Finished] = []
         to_publish: list[ScheduledEvent] = []
-        for event in claim.events:
+        fire_at: list[int] = []
+        scores = claim.fire_at_us or [e.due_us for e in claim.events]
+        for event, score in zip(claim.events, scores, strict=True):
             late_s = (started_us - event.due_us) / 1e6
             if event.max_delay_seconds and late_s > event.max_delay_seconds:
                 reason = (
@@ -192,8 +194,9 @@ class Dispatcher:
                 self._record(event, Outcome.SKIPPED, started_us, started_us, reason)
             else:
                 to_publish.append(event)
+                fire_at.append(max(score, event.due_us))  # a retry waits out its backoff
         if to_publish:
-            results = await self._publish_on_time(to_publish)
+            results = await self._publish_on_time(to_publish, fire_at)
             acked_us = [
                 r if isinstance(r, BaseException) else started_us + int((r - started_wall) * 1e6)
                 for r in results
@@ -221,23 +224,23 @@ class Dispatcher:
                 await asyncio.sleep(delay)
 
     async def _publish_on_time(
-        self, events: Sequence[ScheduledEvent]
+        self, events: Sequence[ScheduledEvent], fire_at: Sequence[int]
     ) -> list[BaseException | float]:
-        """Publish each event once it is due (claims may run a little ahead of time).
+        """Publish each event at its ``fire_at`` time (claims may run a little ahead of time).
 
-        Events come in claim order (due time, then priority); each run of due events is handed
+        Events come in claim order (fire time, then priority); each run of due events is handed
         to the producer at once, without waiting for the previous run's delivery reports.
         """
         sends: list[asyncio.Task[list[BaseException | float]]] = []
         start = 0
         while start < len(events):
-            wait_us = events[start].due_us - self._now_us()
+            wait_us = fire_at[start] - self._now_us()
             if wait_us > 0:
                 await asyncio.sleep(wait_us / 1e6)
                 continue
             now_us = self._now_us()
             end = start + 1
-            while end < len(events) and events[end].due_us <= now_us:
+            while end < len(events) and fire_at[end] <= now_us:
                 end += 1
             sends.append(asyncio.create_task(self._publisher.publish(events[start:end])))
             start = end
