@@ -1,14 +1,19 @@
-"""Helpers for tests against the real broker: read what was fired to a topic."""
+"""Helpers for tests against real servers: read what was fired to a topic; wrap the
+long-term store with faults for the sync."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DueEvents
+from delayline.domain.events import ScheduledEvent
 
 
 @dataclass(frozen=True)
@@ -97,3 +102,53 @@ def _headers(raw: object) -> dict[str, bytes]:
     for key, value in raw or []:  # type: ignore[attr-defined]
         out[str(key)] = value if isinstance(value, bytes) else str(value or "").encode()
     return out
+
+
+class PagedFar:
+    """A long-term store for the sync that forwards to ``inner``, with faults by page number
+    (1-based): a failing read, a read that hangs until cancelled, or an action run right
+    after a page was read."""
+
+    def __init__(
+        self,
+        inner: ClickHouseLongTermStore,
+        *,
+        fail_page: int | None = None,
+        slow_page: int | None = None,
+        after_page: dict[int, Callable[[], Awaitable[None]]] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.fail_page = fail_page
+        self.slow_page = slow_page
+        self.after_page = after_page or {}
+        self.pages = 0
+        self.slow_started = asyncio.Event()
+        self.slow_cancelled = False
+
+    async def due_before(self, until: datetime, limit: int) -> DueEvents:
+        return await self.due_after(until, limit, None)
+
+    async def due_after(
+        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
+    ) -> DueEvents:
+        self.pages += 1
+        n = self.pages
+        if n == self.fail_page:
+            raise RuntimeError(f"read of page {n} failed")
+        if n == self.slow_page:
+            self.slow_started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.slow_cancelled = True
+                raise
+        page = await self.inner.due_after(until, limit, after)
+        if n in self.after_page:
+            await self.after_page[n]()
+        return page
+
+    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
+        return await self.inner.mark_queued(events)
+
+    async def cleanup(self, older_than: datetime) -> int:
+        return await self.inner.cleanup(older_than)

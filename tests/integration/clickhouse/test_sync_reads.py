@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DueEvents
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
     CORE_MIGRATIONS,
@@ -22,6 +22,7 @@ from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us
 from delayline.services.sync import SyncService
+from tests.support import PagedFar
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -176,34 +177,6 @@ async def test_upgrade_from_migration_1_keeps_the_sync_exact(
         await client.command(f"DROP DATABASE IF EXISTS {client.database} SYNC")
 
 
-class _RescheduleAfterRead:
-    """A far store that reschedules an event right after the sync's read of the first page."""
-
-    def __init__(self, inner: ClickHouseLongTermStore, victim: str, to: datetime) -> None:
-        self.inner = inner
-        self.victim = victim
-        self.to = to
-        self.pages = 0
-
-    async def due_before(self, until: datetime, limit: int) -> DueEvents:
-        return await self.due_after(until, limit, None)
-
-    async def due_after(
-        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> DueEvents:
-        page = await self.inner.due_after(until, limit, after)
-        self.pages += 1
-        if self.pages == 1:
-            assert await self.inner.reschedule(self.victim, self.to)
-        return page
-
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)
-
-
 async def test_pipelined_sync_with_a_reschedule_racing_it(
     lt_store: ClickHouseLongTermStore, store: RedisNearTermStore, redis_client: Redis
 ) -> None:
@@ -220,7 +193,11 @@ async def test_pipelined_sync_with_a_reschedule_racing_it(
         for i in range(25)
     ]
     await lt_store.insert(events)
-    racing = _RescheduleAfterRead(lt_store, "s03", start + timedelta(days=30))
+
+    async def reschedule() -> None:  # right after the sync's first read
+        assert await lt_store.reschedule("s03", start + timedelta(days=30))
+
+    racing = PagedFar(lt_store, after_page={1: reschedule})
     sync = SyncService(
         store,
         racing,

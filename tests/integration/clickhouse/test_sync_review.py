@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DueEvents
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
     CORE_MIGRATIONS,
@@ -25,6 +25,7 @@ from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us
 from delayline.services.sync import SyncService
+from tests.support import PagedFar
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 UNTIL = NOW + timedelta(days=3)
@@ -117,36 +118,6 @@ async def test_cancelled_then_merged_is_still_taken_back(
     }
 
 
-class _OtherSyncAfterRead:
-    """A far store on which a second, unlocked sync moves everything (and a merge runs)
-    right after this sync's first read."""
-
-    def __init__(self, inner: ClickHouseLongTermStore, other: SyncService, client: Any) -> None:
-        self.inner = inner
-        self.other = other
-        self.client = client
-        self.pages = 0
-
-    async def due_before(self, until: datetime, limit: int) -> DueEvents:
-        return await self.due_after(until, limit, None)
-
-    async def due_after(
-        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> DueEvents:
-        page = await self.inner.due_after(until, limit, after)
-        self.pages += 1
-        if self.pages == 1:
-            await self.other.sync_once()
-            await self.client.command(f"OPTIMIZE TABLE {table(self.client)} FINAL")
-        return page
-
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)
-
-
 async def test_two_syncs_and_a_merge_lose_nothing_in_redis(
     ch_client: ClickHouseClient,
     lt_store: ClickHouseLongTermStore,
@@ -163,7 +134,12 @@ async def test_two_syncs_and_a_merge_lose_nothing_in_redis(
         )
 
     other = sync(lt_store, "lease-b")
-    first = sync(_OtherSyncAfterRead(lt_store, other, ch_client), "lease-a")
+
+    async def other_sync_then_merge() -> None:  # right after this sync's first read
+        await other.sync_once()
+        await ch_client.command(f"OPTIMIZE TABLE {table(ch_client)} FINAL")
+
+    first = sync(PagedFar(lt_store, after_page={1: other_sync_then_merge}), "lease-a")
     await first.sync_once()
     claim = await store.claim(to_epoch_us(NOW + timedelta(days=3)), 100, 30)
     assert sorted(ids(claim.events)) == [f"s{i}" for i in range(5)]
@@ -288,54 +264,6 @@ async def test_an_until_in_another_time_zone_is_the_same_instant(
 # --- the pipelined sync: errors, a lost lease, cancellation, an event moved earlier ---
 
 
-class _Far:
-    """Forwards to the store; optional faults by page number (1-based)."""
-
-    def __init__(
-        self,
-        inner: ClickHouseLongTermStore,
-        *,
-        fail_page: int | None = None,
-        slow_page: int | None = None,
-        after_page: dict[int, Any] | None = None,
-    ) -> None:
-        self.inner = inner
-        self.fail_page = fail_page
-        self.slow_page = slow_page
-        self.after_page = after_page or {}
-        self.pages = 0
-        self.slow_started = asyncio.Event()
-        self.slow_cancelled = False
-
-    async def due_before(self, until: datetime, limit: int) -> DueEvents:
-        return await self.due_after(until, limit, None)
-
-    async def due_after(
-        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> DueEvents:
-        self.pages += 1
-        n = self.pages
-        if n == self.fail_page:
-            raise RuntimeError(f"read of page {n} failed")
-        if n == self.slow_page:
-            self.slow_started.set()
-            try:
-                await asyncio.sleep(60)
-            except asyncio.CancelledError:
-                self.slow_cancelled = True
-                raise
-        page = await self.inner.due_after(until, limit, after)
-        if n in self.after_page:
-            await self.after_page[n]()
-        return page
-
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)
-
-
 class _Lease:
     def __init__(self, renewals: int = 1000) -> None:
         self.renewals = renewals
@@ -371,7 +299,7 @@ async def test_a_failed_read_ahead_is_raised_and_leaves_no_task(
     await lt_store.insert([event(f"f{i}", days=2 + i / 86400) for i in range(6)])
     before = _others()
     lease = _Lease()
-    sync = _sync(store, _Far(lt_store, fail_page=2), lease)
+    sync = _sync(store, PagedFar(lt_store, fail_page=2), lease)
     with pytest.raises(RuntimeError, match="read of page 2 failed"):
         await sync.sync_once()
     assert _others() <= before and not lease.held
@@ -396,7 +324,7 @@ async def test_a_failed_redis_write_cancels_the_read_ahead(
         async def remove_orphans(self) -> int:
             return 0
 
-    far = _Far(lt_store, slow_page=2)
+    far = PagedFar(lt_store, slow_page=2)
     before = _others()
     lease = _Lease()
     sync = SyncService(
@@ -419,7 +347,7 @@ async def test_a_lost_lease_stops_and_cancels_the_read_ahead(
 ) -> None:
     await lt_store.insert([event(f"l{i}", days=2 + i / 86400) for i in range(6)])
     before = _others()
-    far = _Far(lt_store, slow_page=2)
+    far = PagedFar(lt_store, slow_page=2)
     lease = _Lease(renewals=0)
     assert await _sync(store, far, lease).sync_once() == 2
     assert far.slow_cancelled and _others() <= before and not lease.held
@@ -430,7 +358,7 @@ async def test_cancelling_the_sync_leaves_no_task(
 ) -> None:
     await lt_store.insert([event(f"x{i}", days=2 + i / 86400) for i in range(6)])
     before = _others()
-    far = _Far(lt_store, slow_page=1)
+    far = PagedFar(lt_store, slow_page=1)
     lease = _Lease()
     run = asyncio.ensure_future(_sync(store, far, lease).sync_once())
     await far.slow_started.wait()
@@ -449,7 +377,7 @@ async def test_an_event_moved_earlier_behind_the_pages_moves_on_the_next_run(
     async def move_late() -> None:  # behind the first page, which is already read
         assert await lt_store.reschedule("late", NOW + timedelta(days=2, microseconds=1))
 
-    sync = _sync(store, _Far(lt_store, after_page={1: move_late}), _Lease())
+    sync = _sync(store, PagedFar(lt_store, after_page={1: move_late}), _Lease())
     assert await sync.sync_once() == 6
     assert await _sync(store, lt_store, _Lease()).sync_once() == 1
     claim = await store.claim(to_epoch_us(NOW + timedelta(days=3)), 100, 30)
@@ -475,7 +403,7 @@ async def test_a_reschedule_into_redis_racing_the_sync_keeps_the_event(
     async def reschedule() -> None:  # after the sync's read, before its Redis write
         assert await service.reschedule_event("r", soon)
 
-    far = _Far(lt_store, after_page={1: reschedule})
+    far = PagedFar(lt_store, after_page={1: reschedule})
     sync = SyncService(store, far, lease, clock, transfer_horizon_seconds=3600, retention_days=90)
     await sync.sync_once()
     got = await store.get("r")
