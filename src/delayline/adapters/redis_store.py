@@ -63,7 +63,11 @@ def _codec_bytes(value: bytes) -> bytes:
 
 
 def _load_script(name: str) -> str:
-    return resources.files("delayline.adapters").joinpath(f"lua/{name}.lua").read_text()
+    lua = resources.files("delayline.adapters").joinpath("lua")
+    text = lua.joinpath(f"{name}.lua").read_text()
+    if "member_of(" in text:  # one definition, prepended to the scripts that use it
+        text = lua.joinpath("_member_of.lua").read_text() + text
+    return text
 
 
 class RedisNearTermStore:

@@ -2,12 +2,6 @@
 -- KEYS: due, payload, counts, results (current bucket)
 -- ARGV: id, result ttl seconds, now_us
 -- Returns 1 if cancelled, 0 if not pending here.
--- The due-set member of a stored value: values of priority-0 events start with '{' and
--- carry no prefix (9 bytes less per event); others start with their 9-byte member prefix.
-local function member_of(value, id)
-  if string.byte(value, 1) == 123 then return '7fffffff:' .. id end
-  return string.sub(value, 1, 9) .. id
-end
 local due, payload, counts, results = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local value = redis.call('HGET', payload, id)

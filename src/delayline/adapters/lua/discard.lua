@@ -2,12 +2,6 @@
 -- KEYS: due, payload; ARGV: id, then optionally the value expected: when given, the event
 -- is removed only if its stored value is still exactly that (the copy the caller wrote, not
 -- one a user put there since). Returns 1 if removed.
--- The due-set member of a stored value: values of priority-0 events start with '{' and
--- carry no prefix (9 bytes less per event); others start with their 9-byte member prefix.
-local function member_of(value, id)
-  if string.byte(value, 1) == 123 then return '7fffffff:' .. id end
-  return string.sub(value, 1, 9) .. id
-end
 local value = redis.call('HGET', KEYS[2], ARGV[1])
 if not value then return 0 end
 if ARGV[2] ~= nil and value ~= ARGV[2] then return 0 end

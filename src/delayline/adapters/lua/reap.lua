@@ -3,12 +3,6 @@
 -- ARGV: now_us, limit, channel
 -- Returns how many were returned; the old token can no longer acknowledge them.
 -- (A lease written before 2026-11 as ``token|score`` returns at its claimed score.)
--- The due-set member of a stored value: values of priority-0 events start with '{' and
--- carry no prefix (9 bytes less per event); others start with their 9-byte member prefix.
-local function member_of(value, id)
-  if string.byte(value, 1) == 123 then return '7fffffff:' .. id end
-  return string.sub(value, 1, 9) .. id
-end
 local inflight, leases, payload, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = ARGV[1]
 local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))

@@ -2,12 +2,6 @@
 -- KEYS: due, payload
 -- ARGV: id, expected value, new score, new value, channel
 -- Returns 1 if moved, 0 if not pending here, -1 if the payload changed meanwhile.
--- The due-set member of a stored value: values of priority-0 events start with '{' and
--- carry no prefix (9 bytes less per event); others start with their 9-byte member prefix.
-local function member_of(value, id)
-  if string.byte(value, 1) == 123 then return '7fffffff:' .. id end
-  return string.sub(value, 1, 9) .. id
-end
 local due, payload = KEYS[1], KEYS[2]
 local id, expected, score, value, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local current = redis.call('HGET', payload, id)
