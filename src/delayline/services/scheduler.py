@@ -92,11 +92,12 @@ class SchedulerService:
             fields["max_delay_seconds"] = self._default_max_delay
         return new_event(now=self._clock.now(), max_body_bytes=self._max_body_bytes, **fields)
 
-    def tier_for(self, event: ScheduledEvent) -> Tier:
-        """Where ``event`` waits now; Redis when there is no long-term store."""
+    def tier_for(self, event: ScheduledEvent, now: datetime | None = None) -> Tier:
+        """Where ``event`` waits at ``now`` (default: the clock's now); Redis when there is
+        no long-term store."""
         if self._far is None:
             return Tier.REDIS
-        return route(event.scheduled_at, self._clock.now(), self._horizon)
+        return route(event.scheduled_at, now or self._clock.now(), self._horizon)
 
     async def schedule_event(
         self,
@@ -135,10 +136,7 @@ class SchedulerService:
     ) -> list[bool]:
         """Store validated events in their tiers; True where new. Durable on return."""
         now = self._clock.now()  # one instant for the whole batch
-        tiers = [
-            Tier.REDIS if self._far is None else route(e.scheduled_at, now, self._horizon)
-            for e in events
-        ]
+        tiers = [self.tier_for(e, now) for e in events]
         near = [e for e, t in zip(events, tiers, strict=True) if t is Tier.REDIS]
         far = [e for e, t in zip(events, tiers, strict=True) if t is Tier.CLICKHOUSE]
         near_new = iter(await self._near.schedule(near) if near else [])
