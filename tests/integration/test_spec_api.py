@@ -6,6 +6,8 @@ import asyncio
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.services.analytics_service import ScheduleAnalyticsService
 from delayline.services.scheduler_service import scheduler_service
@@ -13,6 +15,9 @@ from delayline.settings import load_settings
 from tests.support import TopicReader
 
 
+# The examples use naive UTC datetimes from utcnow(), which Python 3.12+ deprecates: they must
+# keep working, so the warning is expected here.
+@pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
 async def test_the_spec_examples(
     valkey: EmbeddedValkey,
     broker: EmbeddedTansu,
