@@ -137,9 +137,6 @@ def kafka_cases(topic: str) -> list[KafkaCase]:
             "duplicate x-topic", b"{}", [("x-topic", t), ("X-Topic", t), ("x-delay-seconds", b"1")]
         ),
         KafkaCase(
-            "body invalid UTF-8", b"\xff\xfe\xfd", [("x-topic", t), ("x-delay-seconds", b"1")]
-        ),
-        KafkaCase(
             "body over the event limit",
             b"x" * (SMALL_BODY_LIMIT + 1),
             [("x-topic", t), ("x-delay-seconds", b"1")],

@@ -148,7 +148,7 @@ async def test_values_written_by_the_previous_format_still_work(
         await client.hset(store.payload_key, sid, old)
         await client.zadd(store.due_key, {f"7fffffff:{sid}": due_us})
     got = await store.get("legacy-a")
-    assert got is not None and got.due_us == due_us and got.body == '{"x":1}'
+    assert got is not None and got.due_us == due_us and got.body == b'{"x":1}'
     assert to_epoch_us(got.created_at) == due_us - 5_000_000
     assert await store.cancel("legacy-a")
     claim = await store.claim(due_us + 1, 10, 30)

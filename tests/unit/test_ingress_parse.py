@@ -72,7 +72,7 @@ def test_native_headers_full() -> None:
     )
     ev = _event(msg)
     assert ev.topic == "user.notifications"
-    assert ev.body == '{"user_id": 123}'
+    assert ev.body == b'{"user_id": 123}'
     assert ev.scheduled_at == datetime.fromtimestamp(TS_MS / 1000, UTC) + timedelta(seconds=1800)
     assert (ev.entity_type, ev.action, ev.correlation_id) == (
         "user",
@@ -98,7 +98,7 @@ def test_scheduled_at_epoch_millis_and_key_as_correlation_id() -> None:
     ev = _event(_msg(b"", [("x-topic", b"t"), ("x-scheduled-at", b"1900000000123")], key=b"ord-1"))
     assert ev.scheduled_at == datetime.fromtimestamp(1900000000, UTC) + timedelta(milliseconds=123)
     assert ev.correlation_id == "ord-1"
-    assert ev.body == ""
+    assert ev.body == b""
 
 
 def test_delay_counts_from_now_without_timestamp() -> None:
@@ -143,13 +143,13 @@ def test_envelope() -> None:
     assert ev.correlation_id == "kk"
     delayed = _event(_msg(b'{"topic": "t", "delay_seconds": 5, "body": 42}', [ENVELOPE]))
     assert delayed.scheduled_at == datetime.fromtimestamp(TS_MS / 1000, UTC) + timedelta(seconds=5)
-    assert delayed.body == "42"
+    assert delayed.body == b"42"
 
 
 def test_json_value_without_envelope_header_is_a_body() -> None:
     value = b'{"topic": "x", "delay_seconds": 1}'
     ev = _event(_msg(value, [("x-topic", b"t"), ("x-delay-seconds", b"0")]))
-    assert ev.body == value.decode()
+    assert ev.body == value
     ct = ("Content-Type", b"application/json")
     ev = _event(_msg(value, [("x-topic", b"t"), ("x-delay-seconds", b"0"), ct]))
     assert dict(ev.headers) == {"Content-Type": "application/json"}
@@ -198,7 +198,6 @@ BAD: list[tuple[str, KafkaMessage]] = [
     ("invalid_header", _msg(b"x", [("x-topic", b"t"), ("x-scheduled-at", b"9" * 30)])),
     ("invalid_event", _msg(b"x", [("x-topic", b"bad topic"), ("x-delay-seconds", b"1")])),
     ("invalid_event", _msg(b"x", [("x-topic", b"t"), ("x-scheduled-at", b"tomorrow")])),
-    ("invalid_event", _msg(b"\xff", [("x-topic", b"t"), ("x-delay-seconds", b"1")])),
     ("invalid_event", _msg(b"x", [*T1, ("x-schedule-id", b"a b")])),
     ("invalid_event", _msg(b"x", [*T1, ("h", b"v" * 70000)])),
     ("invalid_utf8", _msg(b"x", [("x-topic", b"t\xff"), ("x-delay-seconds", b"1")])),

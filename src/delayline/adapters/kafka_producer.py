@@ -206,7 +206,7 @@ class KafkaEventPublisher:
             try:
                 self._producer.produce(
                     event.topic,
-                    value=event.body.encode(),
+                    value=event.body,
                     key=event.message_key.encode(),
                     headers=event.outgoing_headers(),
                     on_delivery=functools.partial(self._on_delivery, pending, index),

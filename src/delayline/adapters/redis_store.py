@@ -345,7 +345,7 @@ def _finished_stub(schedule_id: str, result: bytes) -> ScheduledEvent:
         topic="",
         entity_type="",
         action="",
-        body="",
+        body=b"",
         correlation_id="",
         headers={},
         scheduled_at=at,

@@ -18,9 +18,13 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
+
+from delayline.domain.events import BodyEncoding, decode_base64
 
 MAX_BATCH_EVENTS = 10_000
 MAX_TEXT = 1024
@@ -62,7 +66,12 @@ OptionalDelay = Annotated[
     Field(ge=0, le=MAX_DELAY_SECONDS),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS}),
 ]
-JsonBody = Annotated[str | dict[str, Any] | list[Any], BeforeValidator(_json_body)]
+# bytes only after validation: a base64 body is decoded into the bytes it stands for.
+JsonBody = Annotated[
+    str | bytes | dict[str, Any] | list[Any],
+    BeforeValidator(_json_body),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "object"}, {"type": "array"}]}),
+]
 
 
 # The OpenAPI schema says what the validators check: exactly one of the two due times.
@@ -81,8 +90,18 @@ class EventIn(_Strict):
     topic: Annotated[str, Field(pattern=TOPIC_PATTERN, description="Kafka topic to publish to")]
     entity_type: Text = ""
     action: Text = ""
+    body_encoding: BodyEncoding = Field(
+        "utf-8",
+        exclude=True,  # consumed by the body's validator
+        description='"base64": body is a string of standard base64 holding the bytes to send '
+        '(any bytes, e.g. Avro or Protobuf); "utf-8": as described for body',
+    )
     body: Annotated[
-        JsonBody, Field(description="Message value: a string as is, an object/array as JSON")
+        JsonBody,
+        Field(
+            description="Message value: a string as its UTF-8 bytes, an object/array as JSON; "
+            'with body_encoding "base64", a base64 string of the exact bytes'
+        ),
     ] = ""
     model_config = ConfigDict(json_schema_extra=_ONE_DUE_TIME)
 
@@ -104,6 +123,15 @@ class EventIn(_Strict):
         pattern=SCHEDULE_ID_PATTERN,
         description="Caller-chosen id: scheduling the same id twice creates one event",
     )
+
+    @field_validator("body")
+    @classmethod
+    def _decode_body(cls, body: Any, info: ValidationInfo) -> Any:
+        if info.data.get("body_encoding") != "base64":
+            return body
+        if not isinstance(body, str):
+            raise ValueError('must be a base64 string with body_encoding "base64"')
+        return decode_base64(body)
 
     @model_validator(mode="after")
     def _one_due_time(self) -> EventIn:
@@ -168,7 +196,11 @@ class EventOut(BaseModel):
     topic: str
     entity_type: str
     action: str
-    body: str
+    body: str = Field(description="The message value: see body_encoding")
+    body_encoding: BodyEncoding = Field(
+        description='"utf-8": the value is the UTF-8 of body (any value that is valid UTF-8); '
+        '"base64": the value is not UTF-8, body is its standard base64'
+    )
     correlation_id: str
     headers: dict[str, str]
     scheduled_at: datetime

@@ -1,11 +1,12 @@
 """Compact stored form of a :class:`ScheduledEvent` (the Redis tier's payload).
 
-``<JSON of the fields>\\n<body>``: the body is stored raw after the first newline (JSON never
-contains a raw newline), so a JSON body is not escaped a second time; the schedule id is not
-stored (it is the hash field), nor are empty or default fields. This keeps Redis memory per
-pending event small (DESIGN.md: ≈ 473 B budget with a 300-byte body). The creation time is
-stored as microseconds before the due time (``"d"``, 7–13 digits instead of 16); values written
-before 2026-11 carry it absolute (``"k"``) and still decode.
+``<JSON of the fields>\\n<body>``: the body's bytes are stored raw after the first newline
+(JSON never contains a raw newline), so a JSON body is not escaped a second time and a binary
+one needs no encoding; the schedule id is not stored (it is the hash field), nor are empty or
+default fields. This keeps Redis memory per pending event small (DESIGN.md: ≈ 473 B budget
+with a 300-byte body). The creation time is stored as microseconds before the due time
+(``"d"``, 7–13 digits instead of 16); values written before 2026-11 carry it absolute (``"k"``)
+and still decode.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def encode_event(event: ScheduledEvent) -> bytes:
         doc["n"] = event.attempts
     if event.last_error:
         doc["x"] = event.last_error
-    return orjson.dumps(doc) + b"\n" + event.body.encode()
+    return orjson.dumps(doc) + b"\n" + event.body
 
 
 def decode_event(
@@ -63,7 +64,7 @@ def decode_event(
         topic=doc["t"],
         entity_type=doc.get("e", ""),
         action=doc.get("a", ""),
-        body=body.decode(),
+        body=body,
         correlation_id=doc.get("c", ""),
         headers=doc.get("h", {}),
         scheduled_at=from_epoch_us(due_us),

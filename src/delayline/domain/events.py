@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -140,7 +142,7 @@ class ScheduledEvent:
     topic: str
     entity_type: str
     action: str
-    body: str
+    body: bytes
     correlation_id: str
     headers: Mapping[str, str]
     scheduled_at: datetime
@@ -183,13 +185,16 @@ class ScheduledEvent:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view (for the HTTP API and the CLI)."""
+        """A JSON-ready view (for the HTTP API and the CLI); the body as :func:`body_view`
+        shows it."""
+        body, encoding = body_view(self.body)
         return {
             "schedule_id": self.schedule_id,
             "topic": self.topic,
             "entity_type": self.entity_type,
             "action": self.action,
-            "body": self.body,
+            "body": body,
+            "body_encoding": encoding,
             "correlation_id": self.correlation_id,
             "headers": dict(self.headers),
             "scheduled_at": self.scheduled_at.isoformat(),
@@ -234,31 +239,52 @@ def validate_topic(topic: object, field_name: str = "topic") -> str:
     return topic
 
 
-def encode_body(body: object, max_bytes: int) -> str:
-    """The body as text: a ``str`` as is, UTF-8 ``bytes`` decoded, a dict or list as JSON."""
+BodyEncoding = Literal["utf-8", "base64"]
+"""How JSON text stands for a body's bytes: its UTF-8 encoding, or standard base64."""
+
+
+def encode_body(body: object, max_bytes: int) -> bytes:
+    """The body as bytes: ``bytes`` as they are, a ``str`` as its UTF-8, a dict or list as
+    JSON."""
     if isinstance(body, bytes | bytearray | memoryview):
-        try:
-            text = bytes(body).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidEventError("body", f"is not valid UTF-8 ({exc.reason})") from None
+        data = bytes(body)
     elif isinstance(body, str):
-        text = body
+        try:
+            data = body.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            raise InvalidEventError(
+                "body", "contains characters that are not valid UTF-8"
+            ) from None
     elif isinstance(body, dict | list):
         try:
-            text = orjson.dumps(body).decode()
+            data = orjson.dumps(body)
         except TypeError as exc:
             raise InvalidEventError("body", f"cannot be encoded as JSON: {exc}") from None
     else:
         raise InvalidEventError(
             "body", f"must be str, bytes, dict or list, not {type(body).__name__}"
         )
+    if len(data) > max_bytes:
+        raise InvalidEventError("body", f"is {len(data)} bytes; the limit is {max_bytes}")
+    return data
+
+
+def decode_base64(text: str) -> bytes:
+    """The bytes of standard (RFC 4648, padded) base64 ``text`` — how a JSON document carries
+    a binary body; ``ValueError`` for anything else."""
     try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:  # lone surrogates
-        raise InvalidEventError("body", "contains characters that are not valid UTF-8") from None
-    if size > max_bytes:
-        raise InvalidEventError("body", f"is {size} bytes; the limit is {max_bytes}")
-    return text
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64 (RFC 4648 alphabet, with padding)") from None
+
+
+def body_view(body: bytes) -> tuple[str, BodyEncoding]:
+    """``(text, encoding)`` to show ``body`` in JSON: UTF-8 text as itself (``"utf-8"``),
+    any other bytes in base64 (``"base64"``)."""
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), "base64"
 
 
 def validate_headers(headers: object) -> dict[str, str]:
@@ -312,7 +338,7 @@ def new_event(
     topic: object,
     entity_type: object = "",
     action: object = "",
-    body: object = "",
+    body: object = b"",
     scheduled_at: object,
     correlation_id: object = None,
     headers: object = None,

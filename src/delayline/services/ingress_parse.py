@@ -17,7 +17,12 @@ from typing import Any, Protocol
 
 import orjson
 
-from delayline.domain.events import InvalidEventError, ScheduledEvent, from_epoch_us
+from delayline.domain.events import (
+    InvalidEventError,
+    ScheduledEvent,
+    decode_base64,
+    from_epoch_us,
+)
 from delayline.events_client import (
     CONTROL_HEADERS,
     ENVELOPE_CONTENT_TYPE,
@@ -41,7 +46,7 @@ from delayline.events_client import (
 MAX_CONTROL_HEADER_BYTES = 1024
 MAX_DELAY_SECONDS = 1000 * 366 * 86400  # beyond this a delay is a unit mistake, not a plan
 ENVELOPE_FIELDS = frozenset(
-    {"topic", "body", "delay_seconds", "scheduled_at", "entity_type", "action",
+    {"topic", "body", "body_encoding", "delay_seconds", "scheduled_at", "entity_type", "action",
      "correlation_id", "headers", "priority", "max_delay_seconds", "schedule_id"}
 )  # fmt: skip
 
@@ -313,17 +318,12 @@ def _envelope_fields(
         headers = passthrough
     elif isinstance(headers, dict):
         headers = {**passthrough, **headers}
-    body = doc.get("body", "")
-    if body is None:
-        body = ""
-    elif not isinstance(body, str | dict | list):
-        body = orjson.dumps(body).decode()
     fields: dict[str, Any] = {
         "topic": doc["topic"],
         "scheduled_at": when or _absolute("scheduled_at", at, 1000),
         "entity_type": doc.get("entity_type", ""),
         "action": doc.get("action", ""),
-        "body": body,
+        "body": _envelope_body(doc.get("body"), doc.get("body_encoding", "utf-8")),
         "correlation_id": doc.get("correlation_id") or key_text,
         "headers": headers,
         "schedule_id": doc.get("schedule_id"),
@@ -332,3 +332,27 @@ def _envelope_fields(
         if doc.get(name) is not None:
             fields[name] = doc[name]
     return fields
+
+
+def _envelope_body(body: object, encoding: object) -> object:
+    """The body as ``build_event`` takes it: with ``body_encoding: "base64"`` the bytes a
+    base64 string stands for; else a string, object or array as is, ``null`` as nothing and
+    another JSON value as its JSON text."""
+    if encoding == "base64":
+        if not isinstance(body, str):
+            raise Rejected(
+                "invalid_envelope", 'body must be a base64 string with body_encoding "base64"'
+            )
+        try:
+            return decode_base64(body)
+        except ValueError as exc:
+            raise Rejected("invalid_envelope", f"body {exc}") from None
+    if encoding != "utf-8":
+        raise Rejected(
+            "invalid_envelope", f'body_encoding must be "utf-8" or "base64", not {encoding!r}'[:200]
+        )
+    if body is None:
+        return b""
+    if isinstance(body, str | dict | list):
+        return body
+    return orjson.dumps(body)

@@ -59,7 +59,7 @@ async def test_schedule_one_event_stores_it(
     assert stored is not None
     assert stored.status == EventStatus.PENDING
     assert stored.topic == "user.notifications"
-    assert stored.body == '{"user_id":123}'
+    assert stored.body == b'{"user_id":123}'
     assert dict(stored.headers) == {"priority": "high"}
     assert stored.priority == 1
     assert stored.due_us == to_epoch_us(due)
@@ -74,7 +74,7 @@ async def test_schedule_is_idempotent_by_schedule_id(
     assert first.json()["created"] is True
     assert second.json()["created"] is False
     stored = await store.get("same")
-    assert stored is not None and stored.body == "first"
+    assert stored is not None and stored.body == b"first"
 
 
 async def test_delay_seconds_sets_the_due_time(

@@ -60,8 +60,10 @@ class CountingClient:
         self.database = inner.database
         self.arrow_inserts: list[int] = []
 
-    async def query(self, sql: str, parameters: Any = None) -> Sequence[Sequence[Any]]:
-        return await self.inner.query(sql, parameters)
+    async def query(
+        self, sql: str, parameters: Any = None, *, column_formats: Any = None
+    ) -> Sequence[Sequence[Any]]:
+        return await self.inner.query(sql, parameters, column_formats=column_formats)
 
     async def query_arrow(self, sql: str, parameters: Any = None) -> pa.Table:
         return await self.inner.query_arrow(sql, parameters)

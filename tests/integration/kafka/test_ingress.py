@@ -76,7 +76,7 @@ async def test_every_accepted_form_is_scheduled(
     ev = await _stored(store, sid)
     assert (ev.topic, ev.entity_type, ev.action) == ("user.notifications", "user", "send_reminder")
     assert (ev.correlation_id, ev.priority, ev.max_delay_seconds) == ("reminder-123", 2, 120)
-    assert ev.body == '{"user_id": 123}'
+    assert ev.body == b'{"user_id": 123}'
     assert dict(ev.headers) == {"trace": "t-1"}
     produced_at = datetime.fromtimestamp(first.timestamp_ms / 1000, UTC)
     assert ev.scheduled_at == produced_at + timedelta(seconds=1800)
@@ -88,7 +88,7 @@ async def test_every_accepted_form_is_scheduled(
     assert ev.scheduled_at == datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)
 
     ev = await _stored(store, "etf1-schedule")
-    assert (ev.topic, ev.body, ev.correlation_id) == ("legacy.target", "legacy", "target-key")
+    assert (ev.topic, ev.body, ev.correlation_id) == ("legacy.target", b"legacy", "target-key")
     assert ev.scheduled_at == datetime.fromtimestamp(1924992000, UTC)
 
 

@@ -202,11 +202,21 @@ class ClickHouseClient:
         return client
 
     async def query(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        column_formats: Mapping[str, str] | None = None,
     ) -> Sequence[Sequence[Any]]:
-        """Run a SELECT with server-side ``{name:Type}`` parameters; its rows as tuples."""
+        """Run a SELECT with server-side ``{name:Type}`` parameters; its rows as tuples.
+
+        ``column_formats`` as clickhouse-connect takes them, e.g. ``{"body": "bytes"}`` for a
+        String column read as bytes instead of text."""
         params = dict(parameters or {})
-        result = await self._run(lambda: self._client().query(sql, parameters=params))
+        formats = dict(column_formats or {})
+        result = await self._run(
+            lambda: self._client().query(sql, parameters=params, column_formats=formats or None)
+        )
         rows: Sequence[Sequence[Any]] = result.result_rows
         return rows
 

@@ -75,6 +75,9 @@ _ARROW_COLUMNS = (
     "attempts, last_error, version, retain_from, listed_at"
 )
 """The columns of :data:`_ARROW_SCHEMA`, as a query returns them to ``query_arrow``."""
+_BODY_AS_BYTES = {"body": "bytes"}
+"""``query`` column formats for :data:`_COLUMNS`: the body as its exact bytes (by default
+clickhouse-connect decodes a String as UTF-8, and writes a value that is not UTF-8 in hex)."""
 _BLOCK = "toUInt64(splitByChar('_', _part)[2])"
 """The first block number of the row's part: of two rows of an event with equal versions,
 ``FINAL`` keeps the one in the part with the higher number (the later insert)."""
@@ -144,7 +147,7 @@ _ARROW_SCHEMA = pa.schema(
         ("topic", pa.string()),
         ("entity_type", pa.string()),
         ("action", pa.string()),
-        ("body", pa.string()),
+        ("body", pa.binary()),  # opaque bytes; a String column holds any
         ("correlation_id", pa.string()),
         ("headers", pa.string()),
         ("scheduled_at", _TS),
@@ -165,7 +168,9 @@ _ARROW_SCHEMA = pa.schema(
 class _Client(Protocol):
     database: str
 
-    async def query(self, sql: str, parameters: Any = None) -> Sequence[Sequence[Any]]: ...
+    async def query(
+        self, sql: str, parameters: Any = None, *, column_formats: Any = None
+    ) -> Sequence[Sequence[Any]]: ...
 
     async def query_arrow(self, sql: str, parameters: Any = None) -> pa.Table: ...
 
@@ -347,6 +352,7 @@ class ClickHouseLongTermStore:
                 f"SELECT {_COLUMNS} FROM {self._table} FINAL "
                 "WHERE schedule_id IN {ids:Array(String)}" + _FINAL_SETTINGS,
                 {"ids": list(chunk)},
+                column_formats=_BODY_AS_BYTES,
             )
             for raw in rows:
                 row = _decode(raw)
