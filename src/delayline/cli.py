@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from delayline.bootstrap import read_runtime_file
+from delayline.domain.events import body_view
 from delayline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Delayline: delayed events fired to Kafka on time.", no_args_is_help=True)
@@ -232,9 +233,17 @@ def _print_fired(msg: Any, read_at: float) -> None:
     print(  # plain print: no markup interpretation of message contents, easy to grep
         f"{datetime.fromtimestamp(read_at).isoformat(timespec='milliseconds')}  "
         f"{headers.get('x-schedule-id', '?')}  {late}  key={msg.key()!r}  "
-        f"{(msg.value() or b'')[:200]!r}",
+        f"{readable_body(msg.value() or b'')}",
         flush=True,
     )
+
+
+def readable_body(value: bytes, limit: int = 200) -> str:
+    """A fired value on one line: UTF-8 text quoted (``repr``), other bytes as ``base64:…``
+    (as the HTTP API shows them); at most ``limit`` characters of either, then ``…``."""
+    text, encoding = body_view(value)
+    shown = repr(text[:limit]) if encoding == "utf-8" else f"base64:{text[:limit]}"
+    return shown + ("…" if len(text) > limit else "")
 
 
 def main() -> None:
