@@ -8,7 +8,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -214,7 +214,7 @@ async def test_binary_bodies_fire_byte_for_byte_through_both_tiers(
             later = await app.service.schedule_event(
                 topic=target,
                 body=_value("python-later"),
-                scheduled_at=datetime.utcnow() + timedelta(hours=1),
+                scheduled_at=datetime.now(UTC) + timedelta(hours=1),
             )
             got = await app.service.get_event(later)
             assert got is not None and got.body == _value("python-later")
@@ -229,7 +229,7 @@ async def test_binary_bodies_fire_byte_for_byte_through_both_tiers(
             summary: dict[str, object] = {}
             for _ in range(100):
                 summary = await app.analytics.get_summary(
-                    datetime.utcnow() - timedelta(hours=1), datetime.utcnow() + timedelta(hours=1)
+                    datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
                 )
                 if summary.get("total_executions") == 6:
                     break
