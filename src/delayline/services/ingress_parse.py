@@ -323,7 +323,7 @@ def _envelope_fields(
         "scheduled_at": when or _absolute("scheduled_at", at, 1000),
         "entity_type": doc.get("entity_type", ""),
         "action": doc.get("action", ""),
-        "body": _envelope_body(doc.get("body"), doc.get("body_encoding", "utf-8")),
+        "body": _envelope_body(doc.get("body"), doc.get("body_encoding")),
         "correlation_id": doc.get("correlation_id") or key_text,
         "headers": headers,
         "schedule_id": doc.get("schedule_id"),
@@ -336,8 +336,8 @@ def _envelope_fields(
 
 def _envelope_body(body: object, encoding: object) -> object:
     """The body as ``build_event`` takes it: with ``body_encoding: "base64"`` the bytes a
-    base64 string stands for; else a string, object or array as is, ``null`` as nothing and
-    another JSON value as its JSON text."""
+    base64 string stands for; else (``"utf-8"``, the default) a string, object or array as is,
+    ``null`` as nothing and another JSON value as its JSON text."""
     if encoding == "base64":
         if not isinstance(body, str):
             raise Rejected(
@@ -347,9 +347,10 @@ def _envelope_body(body: object, encoding: object) -> object:
             return decode_base64(body)
         except ValueError as exc:
             raise Rejected("invalid_envelope", f"body {exc}") from None
-    if encoding != "utf-8":
+    if encoding not in (None, "utf-8"):
         raise Rejected(
-            "invalid_envelope", f'body_encoding must be "utf-8" or "base64", not {encoding!r}'[:200]
+            "invalid_envelope",
+            f'body_encoding must be "utf-8" or "base64", not {str(encoding)[:60]!r}',
         )
     if body is None:
         return b""
