@@ -33,6 +33,7 @@ from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
 from delayline.clock import SystemClock
@@ -281,12 +282,9 @@ class Application:
 
     async def _start_consumer(self) -> None:
         s = self.settings
-        await asyncio.to_thread(
-            ensure_topics,
-            self.bootstrap_servers,
-            [s.kafka_delayed_topic_name, s.kafka_dead_letter_topic_name],
-            s.kafka_client_options,
-        )
+        topics = KafkaTopics.from_settings(s, self.bootstrap_servers)
+        await topics.ensure_async()
+        self._tasks.append(asyncio.create_task(topics.keep_present(self._stopping), name="topics"))
         source = cast(
             KafkaDelayedSource,
             Guarded(
@@ -348,7 +346,6 @@ class Application:
         log.info("HTTP API on http://%s:%d (docs at /docs)", s.api_host, s.api_port)
 
     async def _refresh_gauges(self) -> None:
-        s = self.settings
         far_due = 0.0  # monotonic time of the next ClickHouse count
         while not self._stopping.is_set():
             try:
@@ -365,13 +362,6 @@ class Application:
                 lag = self.consumer_source.lag if self.consumer_source is not None else None
                 if lag is not None:
                     self.metrics.set_consumer_lag(lag)
-                if self.consumer is not None:  # a restarted in-memory broker lost its topics
-                    await asyncio.to_thread(
-                        ensure_topics,
-                        self.bootstrap_servers,
-                        [s.kafka_delayed_topic_name, s.kafka_dead_letter_topic_name],
-                        s.kafka_client_options,
-                    )
             except Exception as exc:
                 log.debug("gauge refresh failed: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -492,23 +482,6 @@ class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def ensure_topics(bootstrap: str, topics: list[str], options: dict[str, str]) -> None:
-    """Create ``topics`` if missing (one partition set by the broker's default)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, **options})
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(t, 4, 1) for t in topics if t not in existing]
-    for topic, future in admin.create_topics(missing).items() if missing else []:
-        try:
-            future.result(10)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-        log.info("created topic %s", topic)
 
 
 async def run_migrations_cli(settings: Settings, progress: Any = None) -> list[str]:

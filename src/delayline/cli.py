@@ -190,9 +190,15 @@ def tail(
     if not servers:
         err.print("[red]no broker: set SCHEDULES_KAFKA_BOOTSTRAP_SERVERS or run `delayline serve`")
         raise typer.Exit(1)
-    from delayline.bootstrap import ensure_topics
+    from delayline.adapters.kafka_topics import KafkaTopics
 
-    ensure_topics(servers, [topic], settings.kafka_client_options)  # so the first event is seen
+    KafkaTopics(  # so the first event is seen
+        servers,
+        [topic],
+        partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_topic_replication_factor,
+        client_options=settings.kafka_client_options,
+    ).ensure()
     consumer = Consumer(
         {
             **settings.kafka_client_options,

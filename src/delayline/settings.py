@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     kafka_linger_ms: float = Field(1.0, ge=0, le=1000)
     kafka_delayed_topic_name: str = "delayed_events"
     kafka_dead_letter_topic_name: str = "delayed_events.dlq"
+    kafka_topic_partitions: int = Field(4, ge=1, le=10_000)
+    """Partitions of the delayed-events and dead-letter topics when Delayline creates them."""
+    kafka_topic_replication_factor: int = Field(-1, ge=-1, le=32)
+    """Replicas of those topics when Delayline creates them (-1: the broker's default)."""
     kafka_consumer_group: str = "delayline-delayed-events"
     kafka_session_timeout_ms: int = Field(6000, ge=1000)
 
@@ -105,6 +109,13 @@ class Settings(BaseSettings):
     api_open_metrics: bool = True
 
     node_id: str = Field(default_factory=_default_node_id)
+
+    @field_validator("kafka_topic_replication_factor")
+    @classmethod
+    def _check_replication_factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the broker's default) or at least 1")
+        return value
 
     @model_validator(mode="after")
     def _check_horizons(self) -> Settings:
