@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import random
 import string
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,91 @@ def median(values: Sequence[float]) -> float:
 
 Result = dict[str, Any]
 """One scenario's figures, as written to ``latest.json``."""
+
+
+DUE_HEADER = "x-scheduled-at"
+"""The header carrying a message's due time (ISO 8601), set by the dispatcher on fired events."""
+
+READER_FETCH_WAIT_MS = 10
+"""``fetch.wait.max.ms`` of the bench's readers (the README's recommendation for consumers)."""
+
+
+def _read_lateness(
+    bootstrap: str, topic: str, partitions: int, fetch_wait_ms: int, commands: Any, out: Any
+) -> None:
+    """Reader process: read ``topic`` from the start, keep (due time, read time − due time)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    for _ in range(5):  # assigned and fetching before the load starts
+        consumer.poll(0.05)
+    out.put("ready")
+    rows: list[tuple[float, float]] = []
+    expected: int | None = None
+    deadline = float("inf")
+    while len(rows) < (expected if expected is not None else 2**62):
+        if expected is None and not commands.empty():
+            expected, timeout = commands.get()
+            deadline = time.monotonic() + timeout
+        if time.monotonic() > deadline:
+            break
+        msg = consumer.poll(0.05)  # returns at the first message (consume() waits for a batch)
+        read_at = time.time()
+        if msg is not None and not msg.error():
+            due = dict(msg.headers() or []).get(DUE_HEADER)
+            if due:
+                due_s = datetime.fromisoformat(due.decode()).timestamp()
+                rows.append((due_s, (read_at - due_s) * 1000))
+    consumer.close()
+    out.put(rows)
+
+
+class LatenessReader:
+    """A consumer in its own process measuring read time minus due time (``DUE_HEADER``).
+
+    Its own process: reading must not compete with the dispatcher for this interpreter.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, partitions: int, fetch_wait_ms: int):
+        ctx = mp.get_context("spawn")
+        self._commands = ctx.Queue()
+        self._out = ctx.Queue()
+        self.fetch_wait_ms = fetch_wait_ms
+        args = (bootstrap, topic, partitions, fetch_wait_ms, self._commands, self._out)
+        self._proc = ctx.Process(target=_read_lateness, args=args, daemon=True)
+        self._proc.start()
+        if self._out.get(True, 60) != "ready":
+            raise RuntimeError("the lateness reader did not start")
+
+    def collect(self, expected: int, timeout: float) -> list[tuple[float, float]]:
+        """Wait for ``expected`` messages (or ``timeout`` s); ``[(due epoch s, lateness ms)]``."""
+        self._commands.put((expected, timeout))
+        rows: list[tuple[float, float]] = self._out.get(True, timeout + 30)
+        self._proc.join(10)
+        return rows
+
+
+def lateness_figures(rows: Sequence[tuple[float, float]], window_s: float = 5.0) -> Result:
+    """Percentiles of read lateness, and its median per ``window_s`` of due time (the trend)."""
+    late = [ms for _, ms in rows]
+    stats = percentiles(late, (50, 99, 99.9))
+    first = min((due for due, _ in rows), default=0.0)
+    windows: dict[int, list[float]] = {}
+    for due, ms in rows:
+        windows.setdefault(int((due - first) / window_s), []).append(ms)
+    return {
+        "read": len(late),
+        "p50_ms": stats["p50"],
+        "p99_ms": stats["p99"],
+        "p99_9_ms": stats["p99.9"],
+        "max_ms": max(late, default=float("nan")),
+        "p50_by_window_ms": [[i * window_s, median(windows[i])] for i in sorted(windows)],
+    }

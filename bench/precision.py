@@ -10,6 +10,11 @@ the dispatcher for this interpreter's GIL.
 Beside it, the machine's ceiling for the same measurement: ``raw_produce_lateness`` produces
 messages with librdkafka alone at the same rate, each at its intended send time, and takes the
 delivery report's time minus that time: what the broker path adds, with no scheduler at all.
+
+Both are also read back: a consumer in its own process (``fetch.wait.max.ms`` 10, as the README
+recommends) takes its read time minus the due time — the lateness a downstream service sees.
+A last run at 100 messages/s reads with librdkafka's default ``fetch.wait.max.ms`` (500) beside
+10, to show what that setting costs.
 """
 
 from __future__ import annotations
@@ -21,20 +26,35 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Producer
 
-from bench.common import CollectingSink, Result, body_300, near_store, percentiles, publisher
+from bench.common import (
+    DUE_HEADER,
+    READER_FETCH_WAIT_MS,
+    CollectingSink,
+    LatenessReader,
+    Result,
+    body_300,
+    lateness_figures,
+    near_store,
+    percentiles,
+    publisher,
+)
 from bench.common import redis_client as make_client
 from delayline.adapters.kafka_producer import producer_config
+from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.scheduler import SchedulerService
 
 _TICK_S = 0.01
+_PARTITIONS = 4
+"""Partitions of the bench topics (what the embedded broker gives a topic it auto-creates)."""
+LIBRDKAFKA_DEFAULT_FETCH_WAIT_MS = 500
 
 
 async def _generate(
@@ -86,6 +106,10 @@ async def run_one(
     ``lookahead_s``: the dispatcher's ``claim_lookahead_seconds`` (None: the product default).
     """
     topic = f"bench-prec-{uuid.uuid4().hex[:8]}"
+    KafkaTopics(bootstrap, [topic], partitions=_PARTITIONS).ensure()
+    reader = await asyncio.to_thread(
+        LatenessReader, bootstrap, topic, partitions=_PARTITIONS, fetch_wait_ms=READER_FETCH_WAIT_MS
+    )
     admin = make_client(redis_url)
     old_hz = (await admin.config_get("hz")).get("hz") or "10"
     await admin.config_set("hz", hz)
@@ -109,6 +133,7 @@ async def run_one(
             await sink.wait_for(sent, delays[1] + 30)
             dispatcher.stop()
             await task
+            read_rows = await asyncio.to_thread(reader.collect, sent, 30)
     finally:
         await admin.config_set("hz", old_hz)
         await admin.aclose()
@@ -129,6 +154,7 @@ async def run_one(
         "max_ms": max(late_ms) if late_ms else float("nan"),
         "min_ms": min(late_ms) if late_ms else float("nan"),
         "cdf_ms": _cdf(late_ms),
+        "read": {"fetch_wait_max_ms": READER_FETCH_WAIT_MS, **lateness_figures(read_rows)},
     }
 
 
@@ -142,14 +168,26 @@ def _cdf(values: list[float]) -> list[list[float]]:
     return [[ordered[min(n - 1, int(f * n))], f] for f in sorted(set(fractions))]
 
 
-def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms: float) -> Result:
-    """librdkafka alone at ``rate`` messages/s: delivery report minus the intended send time."""
+def raw_produce_lateness(
+    bootstrap: str,
+    rate: float,
+    duration: float,
+    linger_ms: float,
+    read_fetch_waits_ms: tuple[int, ...] = (READER_FETCH_WAIT_MS,),
+) -> Result:
+    """librdkafka alone at ``rate`` messages/s: delivery report minus the intended send time,
+    and, for each of ``read_fetch_waits_ms``, a reader's read time minus that time."""
     producer: Any = Producer(
         producer_config(bootstrap, linger_ms=linger_ms, lease_seconds=30, extra={})
     )
     topic = f"bench-prec-raw-{uuid.uuid4().hex[:8]}"
-    producer.produce(topic, value=b"x")  # topic metadata fetched before timing
-    producer.flush(10)
+    KafkaTopics(bootstrap, [topic], partitions=_PARTITIONS).ensure()
+    readers = [
+        LatenessReader(bootstrap, topic, partitions=_PARTITIONS, fetch_wait_ms=wait)
+        for wait in read_fetch_waits_ms
+    ]
+    producer.produce(topic, value=b"x")  # no due time: the readers skip it
+    producer.flush(10)  # topic metadata fetched before timing
     value = body_300().encode()
     late_ms: list[float] = []
     polling = threading.Event()
@@ -162,16 +200,18 @@ def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms
     poller = threading.Thread(target=poll_forever, daemon=True)
     poller.start()
     started = time.perf_counter()
+    started_wall = time.time() - (time.perf_counter() - started)
     total = int(rate * duration)
     for sent in range(total):
         at = started + sent / rate
         time.sleep(max(0.0, at - time.perf_counter()))
+        due = datetime.fromtimestamp(started_wall + sent / rate, UTC).isoformat()
 
         def delivered(err: object, _msg: object, at: float = at) -> None:
             if err is None:
                 late_ms.append((time.perf_counter() - at) * 1000)
 
-        producer.produce(topic, value=value, on_delivery=delivered)
+        producer.produce(topic, value=value, headers={DUE_HEADER: due}, on_delivery=delivered)
     producer.flush(30)
     polling.clear()
     poller.join()
@@ -186,6 +226,10 @@ def raw_produce_lateness(bootstrap: str, rate: float, duration: float, linger_ms
         "p99_ms": stats["p99"],
         "p99_9_ms": stats["p99.9"],
         "max_ms": max(late_ms) if late_ms else float("nan"),
+        "read": [
+            {"fetch_wait_max_ms": r.fetch_wait_ms, **lateness_figures(r.collect(total, 30))}
+            for r in readers
+        ],
     }
 
 
@@ -214,6 +258,15 @@ async def run(
     ceiling = await asyncio.to_thread(
         raw_produce_lateness, bootstrap, rate, min(duration, 30.0), main["linger_ms"]
     )
+    # What a downstream consumer's fetch.wait.max.ms costs at a modest rate.
+    consumer_settings = await asyncio.to_thread(
+        raw_produce_lateness,
+        bootstrap,
+        min(rate, 100.0),
+        min(duration, 20.0),
+        main["linger_ms"],
+        (LIBRDKAFKA_DEFAULT_FETCH_WAIT_MS, READER_FETCH_WAIT_MS),
+    )
     return {
         "scenario": "3 firing precision",
         "p50_ms": main["p50_ms"],
@@ -222,6 +275,9 @@ async def run(
         "max_ms": main["max_ms"],
         "target_p99_ms": 5.0,
         "runs": runs,
+        "read_p50_ms": main["read"]["p50_ms"],
+        "read_p99_ms": main["read"]["p99_ms"],
         "ceiling_raw_produce": ceiling,
         "p99_over_raw_produce_p99": main["p99_ms"] / ceiling["p99_ms"],
+        "consumer_fetch_wait": consumer_settings,
     }

@@ -123,6 +123,8 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p99.9 {_ms(run['p99_9_ms'])} max {_ms(run['max_ms'])}",
                 )
             )
+            if "read" in run:
+                out.append(_read_row("  read by a consumer", run["read"]))
     prec = res.get("precision", {})
     if "ceiling_raw_produce" in prec:
         raw = prec["ceiling_raw_produce"]
@@ -134,6 +136,11 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"ours p99 = {prec['p99_over_raw_produce_p99']:.1f}× its p99",
             )
         )
+        for read in raw.get("read", []):
+            out.append(_read_row("    read by a consumer", read))
+    for read in prec.get("consumer_fetch_wait", {}).get("read", []):
+        rate = prec["consumer_fetch_wait"]["rate"]
+        out.append(_read_row(f"  raw {rate:g}/s read", read))
     if "median" in prec:
         med = prec["median"]
         out.append(
@@ -226,4 +233,15 @@ def print_table(doc: dict[str, Any]) -> None:
     m = doc["machine"]
     console.print(
         f"{m['nproc']} cores, {m['cpu']}, {m['memory']} RAM; total {doc['total_wall_s']:.1f} s"
+    )
+
+
+def _read_row(label: str, read: dict[str, Any]) -> tuple[str, str, str, str]:
+    """A row for read lateness: percentiles, and the median's first and last time window."""
+    trend = read.get("p50_by_window_ms") or [[0, float("nan")]]
+    return (
+        f"{label} (fetch.wait.max.ms {read['fetch_wait_max_ms']})",
+        f"p50 {_ms(read['p50_ms'])} p99 {_ms(read['p99_ms'])}",
+        "",
+        f"p50 first 5 s {_ms(trend[0][1])}, last {_ms(trend[-1][1])}",
     )
