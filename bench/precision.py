@@ -11,10 +11,11 @@ Beside it, the machine's ceiling for the same measurement: ``raw_produce_latenes
 messages with librdkafka alone at the same rate, each at its intended send time, and takes the
 delivery report's time minus that time: what the broker path adds, with no scheduler at all.
 
-Both are also read back: a consumer in its own process (``fetch.wait.max.ms`` 10, as the README
-recommends) takes its read time minus the due time — the lateness a downstream service sees.
-A last run at 100 messages/s reads with librdkafka's default ``fetch.wait.max.ms`` (500) beside
-10, to show what that setting costs.
+Then the same is read back, in runs of their own: the product at the same rate with a consumer
+(its own process, ``fetch.wait.max.ms`` 10 as the README recommends) reading the fired events,
+and the raw producer with such a reader; lateness = read time − due time, the lateness a
+downstream service sees, with its median per 5 s to show a trend as the topic fills. A last
+raw run at 100 messages/s reads with librdkafka's default ``fetch.wait.max.ms`` (500) beside 10.
 """
 
 from __future__ import annotations
@@ -100,16 +101,24 @@ async def run_one(
     linger_ms: float = 1.0,
     hz: int = 100,
     lookahead_s: float | None = None,
+    read: bool = False,
 ) -> Result:
     """One steady-load run; returns lateness percentiles in milliseconds.
 
     ``lookahead_s``: the dispatcher's ``claim_lookahead_seconds`` (None: the product default).
+    ``read``: a consumer reads the fired events too (its lateness under ``"read"``).
     """
     topic = f"bench-prec-{uuid.uuid4().hex[:8]}"
     KafkaTopics(bootstrap, [topic], partitions=_PARTITIONS).ensure()
-    reader = await asyncio.to_thread(
-        LatenessReader, bootstrap, topic, partitions=_PARTITIONS, fetch_wait_ms=READER_FETCH_WAIT_MS
-    )
+    reader = None
+    if read:
+        reader = await asyncio.to_thread(
+            LatenessReader,
+            bootstrap,
+            topic,
+            partitions=_PARTITIONS,
+            fetch_wait_ms=READER_FETCH_WAIT_MS,
+        )
     admin = make_client(redis_url)
     old_hz = (await admin.config_get("hz")).get("hz") or "10"
     await admin.config_set("hz", hz)
@@ -133,11 +142,15 @@ async def run_one(
             await sink.wait_for(sent, delays[1] + 30)
             dispatcher.stop()
             await task
-            read_rows = await asyncio.to_thread(reader.collect, sent, 30)
+            if reader is not None:
+                read_rows = await asyncio.to_thread(reader.collect, sent, 30)
     finally:
         await admin.config_set("hz", old_hz)
         await admin.aclose()
     late_ms = [x * 1000 for x in sink.lateness_s]
+    extra = {}
+    if reader is not None:
+        extra["read"] = {"fetch_wait_max_ms": READER_FETCH_WAIT_MS, **lateness_figures(read_rows)}
     stats = percentiles(late_ms, (50, 99, 99.9))
     return {
         "rate": rate,
@@ -154,7 +167,7 @@ async def run_one(
         "max_ms": max(late_ms) if late_ms else float("nan"),
         "min_ms": min(late_ms) if late_ms else float("nan"),
         "cdf_ms": _cdf(late_ms),
-        "read": {"fetch_wait_max_ms": READER_FETCH_WAIT_MS, **lateness_figures(read_rows)},
+        **extra,
     }
 
 
@@ -173,7 +186,7 @@ def raw_produce_lateness(
     rate: float,
     duration: float,
     linger_ms: float,
-    read_fetch_waits_ms: tuple[int, ...] = (READER_FETCH_WAIT_MS,),
+    read_fetch_waits_ms: tuple[int, ...] = (),
 ) -> Result:
     """librdkafka alone at ``rate`` messages/s: delivery report minus the intended send time,
     and, for each of ``read_fetch_waits_ms``, a reader's read time minus that time."""
@@ -236,13 +249,18 @@ def raw_produce_lateness(
 async def run(
     redis_url: str, bootstrap: str, *, rate: float, duration: float, variants: bool
 ) -> Result:
-    """The headline run (product defaults), the raw-produce ceiling and, optionally, variants:
-    linger 0 ms, and the old 2 ms claim lookahead."""
+    """The headline run (product defaults), the raw-produce ceiling, optionally the variants
+    (linger 0 ms, the old 2 ms claim lookahead), then the read runs: the product and the
+    ceiling again with a consumer reading the topic, and a consumer's ``fetch.wait.max.ms``.
+
+    The headline, variants and ceiling run unread: a reader's fetches load the embedded broker
+    and slow its acknowledgements as the topic fills, which the read runs show.
+    """
     delays = (0.5, 5.0) if duration >= 20 else (0.5, 1.0)
     main = await run_one(redis_url, bootstrap, rate=rate, duration=duration, delays=delays)
     runs = [main]
+    short = max(10.0, duration / 2) if duration >= 20 else duration
     if variants:
-        short = max(10.0, duration / 2)
         for linger, lookahead in ((0.0, None), (1.0, 0.002)):
             runs.append(
                 await run_one(
@@ -255,17 +273,18 @@ async def run(
                     lookahead_s=lookahead,
                 )
             )
+    linger = main["linger_ms"]
     ceiling = await asyncio.to_thread(
-        raw_produce_lateness, bootstrap, rate, min(duration, 30.0), main["linger_ms"]
+        raw_produce_lateness, bootstrap, rate, min(duration, 30.0), linger
+    )
+    read = await run_one(redis_url, bootstrap, rate=rate, duration=short, delays=delays, read=True)
+    read_ceiling = await asyncio.to_thread(
+        raw_produce_lateness, bootstrap, rate, short, linger, (READER_FETCH_WAIT_MS,)
     )
     # What a downstream consumer's fetch.wait.max.ms costs at a modest rate.
+    fetch_waits = (LIBRDKAFKA_DEFAULT_FETCH_WAIT_MS, READER_FETCH_WAIT_MS)
     consumer_settings = await asyncio.to_thread(
-        raw_produce_lateness,
-        bootstrap,
-        min(rate, 100.0),
-        min(duration, 20.0),
-        main["linger_ms"],
-        (LIBRDKAFKA_DEFAULT_FETCH_WAIT_MS, READER_FETCH_WAIT_MS),
+        raw_produce_lateness, bootstrap, min(rate, 100.0), min(duration, 20.0), linger, fetch_waits
     )
     return {
         "scenario": "3 firing precision",
@@ -275,9 +294,9 @@ async def run(
         "max_ms": main["max_ms"],
         "target_p99_ms": 5.0,
         "runs": runs,
-        "read_p50_ms": main["read"]["p50_ms"],
-        "read_p99_ms": main["read"]["p99_ms"],
         "ceiling_raw_produce": ceiling,
         "p99_over_raw_produce_p99": main["p99_ms"] / ceiling["p99_ms"],
+        "read_run": read,
+        "read_ceiling": read_ceiling,
         "consumer_fetch_wait": consumer_settings,
     }

@@ -123,8 +123,6 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"p99.9 {_ms(run['p99_9_ms'])} max {_ms(run['max_ms'])}",
                 )
             )
-            if "read" in run:
-                out.append(_read_row("  read by a consumer", run["read"]))
     prec = res.get("precision", {})
     if "ceiling_raw_produce" in prec:
         raw = prec["ceiling_raw_produce"]
@@ -136,8 +134,28 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"ours p99 = {prec['p99_over_raw_produce_p99']:.1f}× its p99",
             )
         )
-        for read in raw.get("read", []):
-            out.append(_read_row("    read by a consumer", read))
+    if "read_run" in prec:
+        run = prec["read_run"]
+        out.append(
+            (
+                f"3 lateness {run['rate']:g}/s, read by a consumer: produce",
+                f"p50 {_ms(run['p50_ms'])} p99 {_ms(run['p99_ms'])}",
+                "",
+                f"p99.9 {_ms(run['p99_9_ms'])} max {_ms(run['max_ms'])}",
+            )
+        )
+        out.append(_read_row("  read", run["read"]))
+        raw = prec["read_ceiling"]
+        out.append(
+            (
+                "  ceiling read: raw librdkafka: produce",
+                f"p50 {_ms(raw['p50_ms'])} p99 {_ms(raw['p99_ms'])}",
+                "",
+                "",
+            )
+        )
+        for read in raw["read"]:
+            out.append(_read_row("    read", read))
     for read in prec.get("consumer_fetch_wait", {}).get("read", []):
         rate = prec["consumer_fetch_wait"]["rate"]
         out.append(_read_row(f"  raw {rate:g}/s read", read))
