@@ -235,3 +235,57 @@ def test_body_too_large_is_rejected() -> None:
     )
     assert isinstance(decision, Reject)
     assert decision.reason.startswith("invalid_event: body")
+
+
+NOT_ASCII_DIGITS = ["²", "١٢٣", "１２３", "1_000", "١٢٣.5"]
+"""Digits int()/float()/isdigit() accept but a header number must not: other scripts' digits,
+superscripts, full-width digits, underscores."""
+
+
+def _numeric_headers(text: str) -> list[list[tuple[str, bytes | None]]]:
+    raw = text.encode()
+    return [
+        [("x-topic", b"t"), ("x-delay-seconds", raw)],
+        [("x-topic", b"t"), ("x-scheduled-at", raw)],
+        [*T1, ("x-priority", raw)],
+        [*T1, ("x-max-delay-seconds", raw)],
+        [("scheduler-epoch", raw), ("scheduler-target-topic", b"t")],
+    ]
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_time_and_number_headers_take_ascii_digits_only(text: str) -> None:
+    for headers in _numeric_headers(text):
+        reason = _reason(_msg(b"x", headers, key=b"k"))
+        iso_candidate = headers[-1][0] == "x-scheduled-at" and text.isascii()
+        code = "invalid_event" if iso_candidate else "invalid_header"  # then: not ISO-8601
+        assert reason.startswith(f"{code}: "), (headers, reason)
+        named = "scheduled_at" if iso_candidate else headers[-1][0]
+        assert named in reason or headers[0][0] in reason, reason
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_DIGITS)
+def test_envelope_times_take_ascii_digits_only(text: str) -> None:
+    for name in ("delay_seconds", "scheduled_at"):
+        value = orjson.dumps({"topic": "t", name: text})
+        reason = _reason(_msg(value, [ENVELOPE]))
+        iso_candidate = name == "scheduled_at" and text.isascii()
+        code = "invalid_event" if iso_candidate else "invalid_header"  # then: not ISO-8601
+        assert reason.startswith(f"{code}: "), reason
+
+
+def test_ascii_numbers_still_parse() -> None:
+    ev = _event(
+        _msg(b"x", [("x-topic", b"t"), ("x-delay-seconds", b" 1e-05 "), ("x-priority", b"-3")])
+    )
+    assert ev.priority == -3
+    assert ev.scheduled_at == datetime.fromtimestamp(TS_MS / 1000, UTC) + timedelta(seconds=1e-05)
+    ev = _event(_msg(b"x", [("x-topic", b"t"), ("x-scheduled-at", b"1924992000000.5")]))
+    assert ev.scheduled_at == datetime.fromtimestamp(1924992000, UTC) + timedelta(microseconds=500)
+
+
+def test_a_bad_etf1_epoch_names_the_header_and_its_form() -> None:
+    reason = _reason(_msg(b"x", [("scheduler-epoch", b"2031-01-01"), *ETF1[1:]], key=b"k"))
+    assert reason.startswith("invalid_header: scheduler-epoch: "), reason
+    assert "epoch seconds" in reason
+    assert "ISO-8601" not in reason

@@ -10,6 +10,7 @@ A rejection reason reads ``<code>: <detail>``; the code is one of ``missing_head
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,12 @@ from delayline.events_client import (
 )
 
 MAX_CONTROL_HEADER_BYTES = 1024
+# Numbers in headers are ASCII only: int()/float() would also take other scripts' digits
+# ('١٢٣' → 123), superscripts' isdigit() ('²') and underscores ('1_000').
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
+_ASCII_FRACTION = re.compile(r"[0-9]+\.[0-9]*|\.[0-9]+")
+_ASCII_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_ASCII_SPACE = " \t\r\n"
 MAX_DELAY_SECONDS = 1000 * 366 * 86400  # beyond this a delay is a unit mistake, not a plan
 ENVELOPE_FIELDS = frozenset(
     {"topic", "body", "body_encoding", "delay_seconds", "scheduled_at", "entity_type", "action",
@@ -191,40 +198,65 @@ def _split_content_type(passthrough: dict[str, str]) -> tuple[bool, dict[str, st
 
 
 def _int(name: str, text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise Rejected("invalid_header", f"{name}: {text[:60]!r} is not an integer") from None
+    digits = text.strip(_ASCII_SPACE)
+    if not _ASCII_INTEGER.fullmatch(digits):
+        raise Rejected("invalid_header", f"{name}: {text[:60]!r} is not an integer "
+                       "(ASCII digits, optional leading -)")  # fmt: skip
+    return int(digits)
 
 
 def _delay(name: str, value: object, base: datetime) -> datetime:
-    try:
-        seconds = float(value) if isinstance(value, str | int | float) else math.nan
-    except ValueError:
-        seconds = math.nan
-    if not 0 <= seconds <= MAX_DELAY_SECONDS:  # also false for NaN
+    seconds = math.nan
+    if isinstance(value, str):
+        if _ASCII_DECIMAL.fullmatch(value.strip(_ASCII_SPACE)):
+            seconds = float(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    if not 0 <= seconds <= MAX_DELAY_SECONDS:  # also false for NaN and infinity
         raise Rejected("invalid_header", f"{name}: {str(value)[:60]!r} is not a number of "
                        f"seconds between 0 and {MAX_DELAY_SECONDS}")  # fmt: skip
     return base + timedelta(seconds=seconds)
 
 
-def _absolute(name: str, value: object, unit_us: int) -> object:
-    """Epoch ``unit_us``-microsecond numbers → datetime; other text is left as ISO-8601."""
-    number: float | int | None = None
+def _epoch_number(value: object) -> float | int | None:
+    """``value`` as an epoch number (a JSON number, or ASCII digits with an optional
+    fraction), else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            number = int(text)
-        elif text.replace(".", "", 1).isdigit():
-            number = float(text)
-    if number is None:
-        return value  # ISO-8601 text (build_event validates it) or a wrong type
+        return value
+    if isinstance(value, str):
+        text = value.strip(_ASCII_SPACE)
+        if _ASCII_INTEGER.fullmatch(text) and not text.startswith("-"):
+            return int(text)
+        if _ASCII_FRACTION.fullmatch(text):
+            return float(text)
+    return None
+
+
+def _from_epoch(name: str, value: object, number: float, unit_us: int) -> datetime:
     try:
         return from_epoch_us(round(number * unit_us))
     except (OverflowError, ValueError, OSError):
-        raise Rejected("invalid_header", f"{name}: {value!r} is out of range") from None
+        raise Rejected("invalid_header", f"{name}: {str(value)[:60]!r} is out of range") from None
+
+
+def _absolute(name: str, value: object, unit_us: int) -> object:
+    """Epoch ``unit_us``-microsecond numbers → datetime; other text is left as ISO-8601."""
+    number = _epoch_number(value)
+    if number is None:
+        if isinstance(value, str) and not value.isascii():
+            raise Rejected("invalid_header", f"{name}: {value[:60]!r} is neither epoch "
+                           "milliseconds nor an ISO-8601 date-time (ASCII only)")  # fmt: skip
+        return value  # ISO-8601 text (build_event validates it) or a wrong type
+    return _from_epoch(name, value, number, unit_us)
+
+
+def _etf1_epoch(text: str) -> datetime:
+    """etf1's ``scheduler-epoch``: epoch seconds, nothing else."""
+    number = _epoch_number(text)
+    if number is None:
+        raise Rejected("invalid_header", f"{H_ETF1_EPOCH}: {text[:60]!r} is not epoch seconds "
+                       "(ASCII digits, e.g. 1924992000)")  # fmt: skip
+    return _from_epoch(H_ETF1_EPOCH, text, number, 1_000_000)
 
 
 def _when(delay: str | None, at: str | None, base: datetime) -> object:
@@ -286,7 +318,7 @@ def _etf1_fields(
         raise Rejected("invalid_key", "the key (the etf1 schedule id) is not valid UTF-8")
     return {
         "topic": control[H_ETF1_TARGET_TOPIC],
-        "scheduled_at": _absolute(H_ETF1_EPOCH, control[H_ETF1_EPOCH], 1_000_000),
+        "scheduled_at": _etf1_epoch(control[H_ETF1_EPOCH]),
         "body": msg.value,
         "correlation_id": control.get(H_ETF1_TARGET_KEY) or None,
         "headers": passthrough,
