@@ -59,6 +59,7 @@ class FakeSource:
         self.stored_at_commit: list[set[str]] = []
         self.dead: list[tuple[KafkaMessage, str]] = []
         self.dlq_down = False
+        self.refuse: set[int] = set()
         self.paused = False
         self.pause_calls = 0
         self.revoked: set[tuple[str, int]] = set()
@@ -91,10 +92,12 @@ class FakeSource:
         out, self.revoked = self.revoked, set()
         return out
 
-    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> None:
+    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> list[tuple[Any, str]]:
         if self.dlq_down:
             raise OSError("broker down")
-        self.dead.extend(items)
+        refused = [(m, "MSG_SIZE_TOO_LARGE") for m, _ in items if m.offset in self.refuse]
+        self.dead.extend(item for item in items if item[0].offset not in self.refuse)
+        return refused
 
 
 def make(batches: list[list[KafkaMessage]]) -> tuple[DelayedEventsConsumer, FakeNear, FakeSource]:
@@ -227,3 +230,56 @@ def test_is_unavailable_knows_redis_errors() -> None:
     assert is_unavailable(RedisConnectionError("x"))
     assert is_unavailable(BusyLoadingError("x"))
     assert not is_unavailable(ResponseError("x"))
+
+
+async def test_unreadable_headers_cost_only_their_message() -> None:
+    bad = KafkaMessage("delayed", 0, 1, b"k", b"B", (), 1, header_error="a header key is not UTF-8")
+    consumer, near, source = make([[msg(0, value=b"A"), bad, msg(2, value=b"C")]])
+    async with consumer:
+        await until(lambda: bool(source.commits))
+    assert sorted(e.body for e in near.events.values()) == ["A", "C"]
+    [(dead, reason)] = source.dead
+    assert dead.offset == 1
+    assert reason == "invalid_header: a header key is not UTF-8"
+    assert source.commits == [{("delayed", 0): 3}]
+
+
+async def test_a_dead_letter_refused_for_good_is_skipped_not_retried() -> None:
+    consumer, _, source = make([[msg(0, headers=[]), msg(1)]])
+    source.refuse = {0}
+    async with consumer:
+        await until(lambda: bool(source.commits))
+    assert source.commits == [{("delayed", 0): 2}]
+    assert source.pause_calls == 0
+    s = consumer.stats
+    assert (s.dead_letter_refused, s.dead_lettered, s.scheduled, s.retries) == (1, 0, 1, 0)
+    assert s.stalled_since is None
+
+
+async def test_a_stalled_batch_shows_until_it_passes() -> None:
+    consumer, near, source = make([[msg(0)]])
+    near.down = True
+    await consumer.start()
+    try:
+        await until(lambda: consumer.stats.retries >= 2)
+        assert consumer.stats.stalled_since is not None
+        assert consumer.stats.stalled_seconds() >= 0
+        near.down = False
+        await until(lambda: bool(source.commits))
+        await until(lambda: consumer.stats.stalled_since is None)
+    finally:
+        await consumer.stop()
+    assert consumer.stats.stalled_seconds() == 0
+
+
+async def test_ignored_messages_are_counted_by_reason(caplog: pytest.LogCaptureFixture) -> None:
+    sid = [*OK, ("x-schedule-id", b"same")]
+    batch = [msg(0, headers=sid), msg(1, headers=sid), msg(2, value=None, key=b"unknown-id")]
+    consumer, _, source = make([batch])
+    with caplog.at_level("INFO", logger="delayline.services.ingress"):
+        async with consumer:
+            await until(lambda: bool(source.commits))
+    assert consumer.stats.ignored_reasons == {"duplicate": 1, "cancel_missed": 1}
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignored")]
+    assert any("delayed:0@1 (duplicate)" in line and "'same'" in line for line in lines)
+    assert any("delayed:0@2 (cancel_missed)" in line and "unknown-id" in line for line in lines)

@@ -28,23 +28,35 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-
-from delayline.events_client import (
-    H_DLQ_REASON,
-    H_DLQ_SOURCE_OFFSET,
-    H_DLQ_SOURCE_PARTITION,
-    H_DLQ_SOURCE_TOPIC,
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
 )
+
+from delayline.adapters import dead_letters
 from delayline.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_MAX_REASON_BYTES = 4096
-_DLQ_VALUE_LIMIT = 900_000
-"""Dead-letter values are cut to this many bytes: librdkafka's default ``message.max.bytes``
-(1,000,000) must still fit the headers. A bigger original (a broker may accept one) would
-otherwise never reach the dead-letter topic and block its partition."""
-H_DLQ_TRUNCATED = "x-dlq-original-size"
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
+"""librdkafka's default ``message.max.bytes``."""
+_PERMANENT = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+     KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_TIMESTAMP}
+)  # fmt: skip
+"""Produce errors about the message itself: sending it again cannot succeed."""
+
+
+_PRODUCER_ONLY = frozenset({"linger.ms", "acks", "enable.idempotence"})
+
+
+def _permanent(err: KafkaError) -> bool:
+    return err.code() in _PERMANENT
+
+
+def _where(msg: KafkaMessage) -> str:
+    return f"{msg.topic}:{msg.partition}@{msg.offset}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +70,42 @@ class KafkaMessage:
     value: bytes | None
     headers: tuple[tuple[str, bytes | None], ...]
     timestamp_ms: int | None
+    header_error: str | None = None
+    """Why the headers could not be read (then ``headers`` is empty); None when they were."""
 
     @classmethod
     def from_confluent(cls, msg: Message) -> KafkaMessage:
         """Copy the fields the ingress needs; header values stay raw bytes."""
         ts_type, ts = msg.timestamp()
+        headers, header_error = _raw_headers(msg)
         return cls(
             topic=msg.topic() or "",
             partition=msg.partition() or 0,
             offset=msg.offset() or 0,
             key=msg.key(),
             value=msg.value(),
-            headers=tuple(_raw_headers(msg)),
+            headers=headers,
             timestamp_ms=None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts,
+            header_error=header_error,
         )
 
 
-def _raw_headers(msg: Message) -> list[tuple[str, bytes | None]]:
-    raw = msg.headers() or []
+def _raw_headers(msg: Message) -> tuple[tuple[tuple[str, bytes | None], ...], str | None]:
+    """The headers, or ``((), why)`` when confluent-kafka cannot read them.
+
+    confluent-kafka decodes every header key as UTF-8 and has no raw accessor: one key that is
+    not UTF-8 makes ``headers()`` raise for the whole message (and leaves it holding a broken
+    list, so it is called once only). That costs this message its headers, nothing more.
+    """
+    try:
+        raw = msg.headers() or []
+    except Exception as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, UnicodeDecodeError):
+            return (), "a header key is not UTF-8"
+        return (), f"the headers cannot be read ({type(exc).__name__})"
     items = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
+    return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items), None
 
 
 class KafkaDelayedSource:
@@ -128,6 +156,8 @@ class KafkaDelayedSource:
             "acks": "all",
             "enable.idempotence": False,
         }
+        self.max_message_bytes = int(common.get("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES))
+        """The biggest dead letter the producer and the broker both take (set at start)."""
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -176,8 +206,28 @@ class KafkaDelayedSource:
 
     def _start_sync(self) -> None:
         self._consumer = Consumer(self._consumer_config)
-        self._producer = Producer(self._producer_config)
+        broker_limit = self._topic_max_message_bytes()
+        if broker_limit is not None:
+            self.max_message_bytes = min(self.max_message_bytes, broker_limit)
+        # Batches of dead letters stay within what the broker takes, too.
+        self._producer = Producer(
+            {**self._producer_config, "message.max.bytes": self.max_message_bytes}
+        )
+        log.info("dead letters are cut to %d bytes", self.max_message_bytes)
         self._consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _topic_max_message_bytes(self) -> int | None:
+        """The dead-letter topic's ``max.message.bytes`` if the broker tells (None: unknown)."""
+        admin = AdminClient(
+            {k: v for k, v in self._producer_config.items() if k not in _PRODUCER_ONLY}
+        )
+        resource = ConfigResource(ResourceType.TOPIC, self.dead_letter_topic)
+        try:
+            config = admin.describe_configs([resource])[resource].result(5)
+            return int(config["max.message.bytes"].value)
+        except Exception as exc:  # no such topic yet, not supported, ...: the producer's limit
+            log.debug("max.message.bytes of %s unknown: %s", self.dead_letter_topic, exc)
+            return None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
@@ -253,43 +303,67 @@ class KafkaDelayedSource:
         """Whether fetching is paused."""
         return self._paused
 
-    async def dead_letter(self, items: Sequence[tuple[KafkaMessage, str]]) -> None:
-        """Produce each message to the dead-letter topic with its reason; raise unless all
-        were acknowledged."""
-        if items:
-            await self._call(self._dead_letter_sync, list(items))
+    async def dead_letter(
+        self, items: Sequence[tuple[KafkaMessage, str]]
+    ) -> list[tuple[KafkaMessage, str]]:
+        """Produce each message to the dead-letter topic with its reason, cut to fit.
 
-    def _dead_letter_sync(self, items: list[tuple[KafkaMessage, str]]) -> None:
+        Returns the messages the broker refused for good even as a bare note (normally none),
+        with the error; raises when the topic cannot be written now (retry later).
+        """
+        if not items:
+            return []
+        return await self._call(self._dead_letter_sync, list(items))
+
+    def _dead_letter_sync(
+        self, items: list[tuple[KafkaMessage, str]]
+    ) -> list[tuple[KafkaMessage, str]]:
+        letters = [dead_letters.build(msg, reason, self.max_message_bytes) for msg, reason in items]
+        refused = self._produce_all(letters)
+        if not refused:
+            return []
+        # Refused for what it is (its size…): send the bare note instead.
+        retry = {i: dead_letters.minimal(*items[i]) for i in refused}
+        again = self._produce_all(list(retry.values()))
+        indexes = list(retry)
+        for j, err in again.items():
+            log.error("dead letter of %s refused for good: %s", _where(items[indexes[j]][0]), err)
+        return [(items[indexes[j]][0], str(err)) for j, err in again.items()]
+
+    def _produce_all(self, letters: list[dead_letters.DeadLetter]) -> dict[int, KafkaError]:
+        """Produce and wait; returns the permanently refused ones by index; raises when any
+        failed for a reason that may pass (broker down, topic missing, timeout)."""
         assert self._producer is not None
-        errors: list[KafkaError] = []
+        refused: dict[int, KafkaError] = {}
+        transient: list[KafkaError] = []
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
+        def on_delivery(i: int) -> Callable[[KafkaError | None, Message], None]:
+            def report(err: KafkaError | None, _msg: Message) -> None:
+                if err is not None:
+                    (refused.__setitem__(i, err) if _permanent(err) else transient.append(err))
 
-        for msg, reason in items:
-            headers: list[tuple[str, str | bytes | None]] = [
-                *msg.headers,
-                (H_DLQ_REASON, reason.encode("utf-8", "replace")[:_MAX_REASON_BYTES]),
-                (H_DLQ_SOURCE_TOPIC, msg.topic.encode()),
-                (H_DLQ_SOURCE_PARTITION, str(msg.partition).encode()),
-                (H_DLQ_SOURCE_OFFSET, str(msg.offset).encode()),
-            ]
-            value = msg.value
-            if value is not None and len(value) > _DLQ_VALUE_LIMIT:
-                headers.append((H_DLQ_TRUNCATED, str(len(value)).encode()))
-                value = value[:_DLQ_VALUE_LIMIT]
-            self._producer.produce(
-                self.dead_letter_topic,
-                key=msg.key,
-                value=value,
-                headers=headers,
-                on_delivery=on_delivery,
-            )
+            return report
+
+        for i, letter in enumerate(letters):
+            headers: list[tuple[str, str | bytes | None]] = list(letter.headers)
+            try:
+                self._producer.produce(
+                    self.dead_letter_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=headers,
+                    on_delivery=on_delivery(i),
+                )
+            except KafkaException as exc:  # refused before sending (e.g. over the size limit)
+                err = exc.args[0]
+                if not (isinstance(err, KafkaError) and _permanent(err)):
+                    raise
+                refused[i] = err
         left = self._producer.flush(self._dlq_timeout)
-        if left or errors:
-            detail = errors[0] if errors else f"{left} not delivered in {self._dlq_timeout} s"
+        if left or transient:
+            detail = transient[0] if transient else f"{left} not delivered in {self._dlq_timeout} s"
             raise KafkaException(f"dead-letter topic {self.dead_letter_topic}: {detail}")
+        return refused
 
     async def stop(self) -> None:
         """Leave the group and close both clients (idempotent). Commits nothing by itself."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -46,7 +47,10 @@ class MessageSource(Protocol):
     async def pause(self) -> None: ...
     async def resume(self) -> None: ...
     def take_revoked(self) -> set[tuple[str, int]]: ...
-    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> None: ...
+    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> Sequence[tuple[Any, str]]:
+        """Dead-letter ``items``; returns those refused for good (with the error); raises
+        when the dead-letter topic cannot be written now."""
+        ...
 
 
 _UNAVAILABLE_NAMES = frozenset(
@@ -70,7 +74,11 @@ def is_unavailable(exc: BaseException) -> bool:
 
 @dataclass(slots=True)
 class IngressStats:
-    """Counters for metrics; ``paused`` is True while a store is unavailable."""
+    """Counters for metrics; ``paused`` is True while a store is unavailable.
+
+    ``stalled_since`` (monotonic seconds) is set while a batch waits to be retried (a store or
+    the dead-letter topic unavailable, or an unexpected error): nothing after it is consumed.
+    """
 
     consumed: int = 0
     scheduled: int = 0
@@ -78,16 +86,30 @@ class IngressStats:
     cancelled: int = 0
     cancel_missed: int = 0
     dead_lettered: int = 0
+    dead_letter_refused: int = 0
     batches: int = 0
     commit_failures: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    ignored_reasons: dict[str, int] = field(default_factory=dict)
     pauses: int = 0
     paused: bool = False
+    retries: int = 0
+    stalled_since: float | None = None
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict (for ``get_stats`` and the metrics helper)."""
         return asdict(self)
+
+    def stalled_seconds(self, now: float | None = None) -> float:
+        """How long the batch in hand has been waiting (0 when none is)."""
+        if self.stalled_since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.stalled_since)
+
+    def count(self, counts: dict[str, int], code: str) -> None:
+        """Add one to ``counts[code]``."""
+        counts[code] = counts.get(code, 0) + 1
 
 
 class _StoreUnavailable(Exception):
@@ -163,11 +185,15 @@ class DelayedEventsConsumer:
             try:
                 if await self._step():
                     attempt = 0
+                    self.stats.stalled_since = None
                     continue
             except Exception as exc:  # the loop must survive anything; log and back off
                 log.exception("delayed-events consumer step failed")
                 self.stats.last_error = repr(exc)
             attempt += 1
+            self.stats.retries += 1
+            if self.stats.stalled_since is None:
+                self.stats.stalled_since = time.monotonic()
             delay = min(self._retry_max, self._retry_initial * 2 ** min(attempt, 20))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -224,19 +250,7 @@ class DelayedEventsConsumer:
                 rejects.append((msg, decision.reason))
         await self._schedule(group, rejects)
         if rejects:
-            try:
-                await self._source.dead_letter(rejects)
-            except Exception as exc:
-                raise _StoreUnavailable(f"dead-letter topic: {exc}") from exc
-            self.stats.dead_lettered += len(rejects)
-            for msg, reason in rejects:
-                code = reason.split(":", 1)[0]
-                counts = self.stats.dead_letter_reasons
-                counts[code] = counts.get(code, 0) + 1
-                if self._on_dead_letter is not None:
-                    self._on_dead_letter(code)
-                log.warning("dead-lettered %s:%d@%d: %s", msg.topic, msg.partition, msg.offset,
-                            reason)  # fmt: skip
+            await self._dead_letter(rejects)
         offsets: dict[tuple[str, int], int] = {}
         for msg in batch:
             key = (msg.topic, msg.partition)
@@ -248,6 +262,28 @@ class DelayedEventsConsumer:
             self.stats.commit_failures += 1
             log.warning("offset commit failed (messages will be redelivered): %s", exc)
 
+    async def _dead_letter(self, rejects: list[tuple[DelayedMessage, str]]) -> None:
+        try:
+            refused = await self._source.dead_letter(rejects)
+        except Exception as exc:
+            raise _StoreUnavailable(f"dead-letter topic: {exc}") from exc
+        for msg, error in refused:  # even its bare note: logged, counted, and passed over
+            self.stats.dead_letter_refused += 1
+            log.error("%s: the dead-letter topic refused its dead letter (%s); skipped",
+                      _where(msg), error)  # fmt: skip
+        self.stats.dead_lettered += len(rejects) - len(refused)
+        for msg, reason in rejects:
+            code = reason.split(":", 1)[0]
+            self.stats.count(self.stats.dead_letter_reasons, code)
+            if self._on_dead_letter is not None:
+                self._on_dead_letter(code)
+            log.warning("dead-lettered %s: %s", _where(msg), reason)
+
+    def _ignore(self, msg: DelayedMessage, code: str, detail: str) -> None:
+        """A message that changed nothing: counted by ``code`` and logged with why."""
+        self.stats.count(self.stats.ignored_reasons, code)
+        log.info("ignored %s (%s): %s", _where(msg), code, detail)
+
     async def _schedule(
         self, group: list[tuple[DelayedMessage, Any]], rejects: list[tuple[DelayedMessage, str]]
     ) -> None:
@@ -255,21 +291,26 @@ class DelayedEventsConsumer:
             return
         try:
             results = await self._scheduler.schedule_events([ev for _, ev in group], source="kafka")
+            stored = list(zip(group, results, strict=True))
         except Exception as exc:
             if self._unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
             # The store refused the batch: find the event it refuses so the others are kept.
-            results = []
+            stored = []
             for msg, event in group:
                 try:
-                    results += await self._scheduler.schedule_events([event], source="kafka")
+                    [result] = await self._scheduler.schedule_events([event], source="kafka")
+                    stored.append(((msg, event), result))
                 except Exception as one:
                     if self._unavailable(one):
                         raise _StoreUnavailable(str(one)) from one
                     rejects.append((msg, f"store_rejected: {one}"))
-        inserted = sum(1 for r in results if r)
-        self.stats.scheduled += inserted
-        self.stats.duplicates += len(results) - inserted
+        for (msg, event), inserted in stored:
+            if inserted:
+                self.stats.scheduled += 1
+            else:
+                self.stats.duplicates += 1
+                self._ignore(msg, "duplicate", f"schedule id {event.schedule_id!r} is known")
 
     async def _cancel(
         self, msg: DelayedMessage, schedule_id: str, rejects: list[tuple[DelayedMessage, str]]
@@ -288,3 +329,9 @@ class DelayedEventsConsumer:
             self.stats.cancelled += 1
         else:
             self.stats.cancel_missed += 1
+            self._ignore(msg, "cancel_missed", f"no pending event {schedule_id!r} to cancel "
+                         "(unknown, fired or cancelled)")  # fmt: skip
+
+
+def _where(msg: DelayedMessage) -> str:
+    return f"{msg.topic}:{msg.partition}@{msg.offset}"

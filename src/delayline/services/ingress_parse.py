@@ -75,6 +75,8 @@ class DelayedMessage(Protocol):
     def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
     @property
     def timestamp_ms(self) -> int | None: ...
+    @property
+    def header_error(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class Rejected(Exception):
 def parse(msg: DelayedMessage, build_event: BuildEvent, now: datetime) -> Decision:
     """Decide what ``msg`` means. ``build_event`` validates (``SchedulerApi.build_event``)."""
     try:
+        if msg.header_error is not None:
+            raise Rejected("invalid_header", msg.header_error)
         control, passthrough = read_headers(msg.headers)
         key_text = _key_text(msg.key)
         if msg.value is None:
