@@ -39,7 +39,7 @@ from delayline.api.app import create_app
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
 from delayline.domain.routing import Tier
-from delayline.health import DependencyHealth, MetricsSink
+from delayline.health import DependencyHealth, MetricsSink, Probe
 from delayline.metrics import Metrics
 from delayline.ports import Clock, OutcomeSink
 from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
@@ -63,6 +63,10 @@ class Components:
     sync: bool = True
     consumer: bool = True
     api: bool = True
+
+
+class IngressStalled(RuntimeError):
+    """The Kafka consumer cannot get past a batch (a store or the dead-letter topic down)."""
 
 
 class DataDirInUseError(RuntimeError):
@@ -296,7 +300,14 @@ class Application:
         self.consumer = DelayedEventsConsumer(
             self.service, source, clock=self.clock, on_dead_letter=self.metrics.dead_lettered
         )
+        self.metrics.watch_ingress(self._ingress_stats)
         await self.consumer.start()
+
+    def _ingress_stats(self) -> dict[str, Any] | None:
+        if self.consumer is None:
+            return None
+        stats = self.consumer.stats
+        return {**stats.as_dict(), "stalled_seconds": stats.stalled_seconds()}
 
     def health(self) -> DependencyHealth:
         """The health check over this application's dependencies."""
@@ -313,8 +324,24 @@ class Application:
             assert self.publisher is not None
             return await self.publisher.ping(timeout=1.5)
 
+        async def ingress_ok() -> object:
+            stats = self.consumer.stats if self.consumer is not None else None
+            if stats is not None and stats.stalled_since is not None:
+                raise IngressStalled(
+                    f"a batch has waited {stats.stalled_seconds():.1f} s "
+                    f"({stats.retries} retries in all): {stats.last_error}"
+                )
+            return True
+
+        probes: dict[str, Probe] = {
+            "redis": redis_ok,
+            "clickhouse": clickhouse_ok,
+            "kafka": kafka_ok,
+        }
+        if self.components.consumer:
+            probes["ingress"] = ingress_ok
         return DependencyHealth(
-            {"redis": redis_ok, "clickhouse": clickhouse_ok, "kafka": kafka_ok},
+            probes,
             breakers=lambda: {n: b.state.value for n, b in self.breakers.items()},
         )
 

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import threading
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -75,6 +76,12 @@ def derive_schedule_id(topic: str, partition: int, offset: int, timestamp_ms: in
     return "k" + hashlib.sha256(readable.encode()).hexdigest()[:40]
 
 
+def new_schedule_id() -> str:
+    """A fresh schedule id (128 random bits as 32 hex digits), chosen by the producer so that
+    sending the same message again stores it once."""
+    return uuid.uuid4().hex
+
+
 def encode_body(body: object) -> bytes:
     """The message value: ``bytes`` as is, ``str`` as UTF-8, anything else as JSON."""
     if isinstance(body, bytes | bytearray | memoryview):
@@ -101,11 +108,13 @@ def build_delayed_message(
     """``(key, value, headers)`` of the delayed-topic message for these fields.
 
     Exactly one of ``delay_seconds`` and ``scheduled_at`` (a datetime, ISO-8601 text or epoch
-    milliseconds) must be given. The key is the schedule id when given, else the correlation id,
+    milliseconds) must be given. Without ``schedule_id`` a new one is chosen: the message always
+    names its event, so sending it again (a retry) stores it once. The key is the schedule id,
     so that a tombstone with the same key cancels the event.
     """
     if (delay_seconds is None) == (scheduled_at is None):
         raise ValueError("give exactly one of delay_seconds and scheduled_at")
+    schedule_id = schedule_id or new_schedule_id()
     out: list[tuple[str, bytes]] = [(H_TOPIC, topic.encode())]
     if delay_seconds is not None:
         out.append((H_DELAY_SECONDS, repr(float(delay_seconds)).encode()))
@@ -127,8 +136,7 @@ def build_delayed_message(
         if name.lower() in CONTROL_HEADERS:
             raise ValueError(f"header {name!r} is reserved; use the keyword argument")
         out.append((name, value.encode()))
-    key = schedule_id or correlation_id
-    return (key.encode() if key else None), encode_body(body), out
+    return schedule_id.encode(), encode_body(body), out
 
 
 class EventBus:
@@ -179,11 +187,13 @@ class EventBus:
     ) -> str:
         """Send one delayed event; returns its schedule id once the broker has the message.
 
-        Without ``schedule_id`` the id is derived from where the message landed (see
-        :func:`derive_schedule_id`), exactly as the consumer derives it.
+        Without ``schedule_id`` a new one is chosen and sent with the message, so librdkafka's
+        own retries never make a second event. To retry a failed call yourself, pass your own
+        ``schedule_id`` (the same on every attempt).
         """
         if self._closed.is_set():
             raise RuntimeError("the event bus is closed")
+        schedule_id = schedule_id or new_schedule_id()
         key, value, hdrs = build_delayed_message(
             topic=topic,
             entity_type=entity_type,
@@ -204,11 +214,8 @@ class EventBus:
             loop.call_soon_threadsafe(_settle, done, err, msg)
 
         self._produce(key, value, hdrs, on_delivery)
-        msg = await done
-        if schedule_id:
-            return schedule_id
-        _, ts = msg.timestamp()
-        return derive_schedule_id(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, ts)
+        await done
+        return schedule_id
 
     def _produce(self, key: bytes | None, value: bytes, hdrs: Any, cb: Any) -> None:
         while True:

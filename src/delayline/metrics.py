@@ -8,10 +8,13 @@ create unbounded series.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 NAMESPACE = "delayline"
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -51,6 +54,22 @@ LATENESS_BUCKETS = (
 )
 SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+INGRESS_COUNTERS = {
+    "consumed": "Messages read from the delayed-events topic.",
+    "scheduled": "Messages stored as new events.",
+    "duplicates": "Messages whose schedule id was already known: nothing changed.",
+    "cancelled": "Tombstones that cancelled a pending event.",
+    "cancel_missed": "Tombstones naming no pending event (unknown, fired or cancelled).",
+    "dead_lettered": "Messages sent to the dead-letter topic.",
+    "dead_letter_refused": "Rejected messages whose dead letter the broker refused for good.",
+    "batches": "Batches of the delayed-events topic processed.",
+    "commit_failures": "Offset commits that failed (those messages are redelivered).",
+    "pauses": "Times consumption paused because a store was unavailable.",
+    "retries": "Retries of a batch that could not be processed.",
+}
+"""``DelayedEventsConsumer.stats`` counters exposed as ``delayline_ingress_<name>_total``."""
 
 
 def _pick(value: object, allowed: Iterable[str]) -> str:
@@ -218,6 +237,11 @@ class Metrics:
         """
         self.dead_lettered_messages.labels(reason=reason).inc()
 
+    def watch_ingress(self, read: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Expose the Kafka consumer's counters, read from ``read()`` (its stats as a dict, plus
+        ``stalled_seconds``; None before it starts) at each scrape."""
+        self.registry.register(_IngressCollector(read))
+
     # --- resilience ------------------------------------------------------------------------------
     def set_breaker_state(self, dependency: str, state: str) -> None:
         """Set the breaker of ``dependency`` (redis, clickhouse, kafka…) to closed|half-open|open.
@@ -246,3 +270,35 @@ class Metrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (see :data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
+
+
+class _IngressCollector(Collector):
+    """The consumer's own counters, read at scrape time (they have one home: its stats)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any] | None]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._read()
+        if stats is None:
+            return
+        for name, doc in INGRESS_COUNTERS.items():
+            yield CounterMetricFamily(f"{NAMESPACE}_ingress_{name}", doc, value=stats[name])
+        ignored = CounterMetricFamily(
+            f"{NAMESPACE}_ingress_ignored_messages",
+            "Messages that changed nothing, by reason (duplicate, cancel_missed).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats["ignored_reasons"].items()):
+            ignored.add_metric([reason], count)
+        yield ignored
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_ingress_paused",
+            "1 while consumption is paused because a store is unavailable.",
+            value=float(stats["paused"]),
+        )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_ingress_stalled_seconds",
+            "Seconds the batch in hand has been waiting to be processed (0: not stalled).",
+            value=float(stats["stalled_seconds"]),
+        )

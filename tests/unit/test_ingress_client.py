@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -24,6 +25,15 @@ def test_headers_for_delay() -> None:
         "x-priority": b"1",
         "x-schedule-id": b"s",
     }
+
+
+def test_every_message_names_its_event_so_a_retry_is_stored_once() -> None:
+    key, _, headers = build_delayed_message(topic="t", delay_seconds=5, correlation_id="c")
+    sid = dict(headers)["x-schedule-id"]
+    assert key == sid
+    assert re.fullmatch(rb"[0-9a-f]{32}", sid)
+    _, _, again = build_delayed_message(topic="t", delay_seconds=5, correlation_id="c")
+    assert dict(again)["x-schedule-id"] != sid  # a new event gets a new id
 
 
 def test_headers_for_absolute_time() -> None:

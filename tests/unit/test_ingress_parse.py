@@ -119,7 +119,8 @@ def test_client_builder_matches_parser() -> None:
         max_delay_seconds=5,
     )
     ev = _event(_msg(value, headers, key=key))
-    assert key == b"reminder-123"
+    assert key is not None and key == ev.schedule_id.encode()  # always its own id
+    assert ev.correlation_id == "reminder-123"
     assert orjson.loads(ev.body) == {"user_id": 123}
     assert (ev.topic, ev.priority, ev.max_delay_seconds) == ("user.notifications", 2, 5)
     assert dict(ev.headers) == {"h": "v"}
