@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,11 +95,14 @@ def _raw_headers(msg: Message) -> tuple[tuple[tuple[str, bytes | None], ...], st
     """The headers, or ``((), why)`` when confluent-kafka cannot read them.
 
     confluent-kafka decodes every header key as UTF-8 and has no raw accessor: one key that is
-    not UTF-8 makes ``headers()`` raise for the whole message (and leaves it holding a broken
-    list, so it is called once only). That costs this message its headers, nothing more.
+    not UTF-8 makes ``headers()`` fail for the whole message, returning a broken list with the
+    error still set. Called through ``methodcaller`` (a C-level call, which always turns that
+    into a ``SystemError``; a hot ``msg.headers()`` call site may be specialised and let it
+    surface later) and only once per message: the list it leaves behind must never be read.
+    That costs this message its headers, nothing more.
     """
     try:
-        raw = msg.headers() or []
+        raw = _READ_HEADERS(msg) or []
     except Exception as exc:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, UnicodeDecodeError):
@@ -106,6 +110,9 @@ def _raw_headers(msg: Message) -> tuple[tuple[tuple[str, bytes | None], ...], st
         return (), f"the headers cannot be read ({type(exc).__name__})"
     items = raw.items() if isinstance(raw, dict) else raw
     return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in items), None
+
+
+_READ_HEADERS = operator.methodcaller("headers")
 
 
 class KafkaDelayedSource:

@@ -18,6 +18,7 @@ from delayline.domain.events import EventStatus
 from delayline.domain.outcomes import ExecutionResult
 from delayline.events_client import get_event_bus
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from tests import kafka_wire
 from tests.integration.kafka.conftest import Ingress, until
 from tests.support import TopicReader
 
@@ -124,3 +125,40 @@ async def test_each_form_fires(firing: Firing) -> None:
     assert by_value[b"native"].key == b"k-native"
     assert by_value[b"etf1"].key == b"tk"
     assert by_value[b"etf1"].header("x-schedule-id") == "etf1-id"
+
+
+async def test_a_header_key_not_utf8_costs_only_its_message(firing: Firing) -> None:
+    """A, B, C in one raw Produce request; B has the header key b"\\xff\\xfe", which
+    confluent-kafka cannot even read. A and C fire; B is dead-lettered with the reason."""
+    ingress, target = firing.ingress, firing.target.encode()
+
+    def native(sid: bytes, *extra: tuple[bytes, bytes | None]) -> list[tuple[bytes, bytes | None]]:
+        return [(b"x-topic", target), (b"x-delay-seconds", b"0.3"), (b"x-schedule-id", sid),
+                *extra]  # fmt: skip
+
+    base = await asyncio.to_thread(
+        kafka_wire.produce,
+        ingress.bootstrap,
+        ingress.topic,
+        0,
+        [
+            (b"ka", b"A", native(b"wire-a")),
+            (b"kb", b"B", native(b"wire-b", (b"\xff\xfe", b"bad key"), (b"origin", b"o"))),
+            (b"kc", b"C", native(b"wire-c")),
+        ],
+    )
+    fired = await asyncio.to_thread(firing.reader.read, 2, 30)
+    assert sorted(m.value for m in fired) == [b"A", b"C"]
+    assert {m.header("x-schedule-id") for m in fired} == {"wire-a", "wire-c"}
+    [dead] = await asyncio.to_thread(ingress.dead_letters.read, 1, 30)
+    assert (dead.key, dead.value) == (b"kb", b"B")
+    assert dead.header("x-dlq-reason") == "invalid_header: a header key is not UTF-8"
+    assert dead.header("x-dlq-source-offset") == str(base + 1)
+    assert "not included" in dead.header("x-dlq-unreadable-headers")
+
+    async def committed() -> bool:
+        return ingress.committed(1)[0] == base + 3
+
+    await until(committed)
+    await asyncio.sleep(0.5)  # nothing else arrives: B was not scheduled
+    assert len(firing.reader.read_for(0.5)) == 2
