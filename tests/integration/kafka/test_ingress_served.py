@@ -104,16 +104,20 @@ async def test_every_promised_consumer_counter_is_on_the_metrics_endpoint(served
         (b"k", b"v", [("x-delay-seconds", b"1")]),  # no x-topic: dead-lettered
     )
 
-    async def all_consumed() -> bool:
-        return _value(await served.samples(), "delayline_ingress_consumed_total") == 4
+    outcomes = ("scheduled", "duplicates", "cancel_missed", "dead_lettered")
 
-    await until(all_consumed)
+    async def all_processed() -> bool:
+        samples = await served.samples()
+        return sum(_value(samples, f"delayline_ingress_{n}_total") for n in outcomes) == 4
+
+    await until(all_processed)
     samples = await served.samples()
     names = {name for name, _ in samples}
     promised = _promised_metrics()
     assert len(promised) >= 12, promised
     assert promised <= names, promised - names
     expected = {
+        "delayline_ingress_consumed_total": 4,
         "delayline_ingress_scheduled_total": 1,
         "delayline_ingress_duplicates_total": 1,
         "delayline_ingress_cancelled_total": 0,
