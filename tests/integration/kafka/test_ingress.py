@@ -10,7 +10,7 @@ import orjson
 
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import EventStatus, ScheduledEvent
-from delayline.events_client import derive_schedule_id
+from delayline.events_client import build_delayed_message, derive_schedule_id
 from tests.integration.kafka.conftest import Ingress, until
 
 ENVELOPE = ("content-type", b"application/vnd.delayline.envelope+json")
@@ -205,3 +205,27 @@ async def test_two_consumers_share_partitions_exactly_once(
     for s in sent:
         sid = derive_schedule_id(ingress.topic, s.partition, s.offset, s.timestamp_ms)
         assert await store.get(sid) is not None
+
+
+async def test_a_client_message_sent_twice_is_stored_once(
+    ingress: Ingress, store: RedisNearTermStore
+) -> None:
+    """A producer retry (the same built message sent again) must not make a second event."""
+    key, value, headers = build_delayed_message(
+        topic="t", body="once", delay_seconds=600, correlation_id="c-1"
+    )
+    sent_headers: list[tuple[str, bytes | None]] = list(headers)
+    ingress.produce((key, value, sent_headers), (key, value, sent_headers))
+    consumer = ingress.consumer()
+    await consumer.start()
+
+    async def both_processed() -> bool:
+        return consumer.stats.scheduled + consumer.stats.duplicates == 2
+
+    await until(both_processed)
+    assert (consumer.stats.scheduled, consumer.stats.duplicates) == (1, 1)
+    assert key is not None
+    event = await store.get(key.decode())
+    assert event is not None
+    assert event.correlation_id == "c-1"
+    assert (await store.counts())["scheduled"] == 1
