@@ -253,6 +253,7 @@ async def test_a_dead_letter_refused_for_good_is_skipped_not_retried() -> None:
     assert source.pause_calls == 0
     s = consumer.stats
     assert (s.dead_letter_refused, s.dead_lettered, s.scheduled, s.retries) == (1, 0, 1, 0)
+    assert s.dead_letter_reasons == {}
     assert s.stalled_since is None
 
 

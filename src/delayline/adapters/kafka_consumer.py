@@ -5,6 +5,8 @@ be driven from several threads at once, and a blocking ``consume`` must not stal
 loop). Offsets are committed only when the ingress service says so (``enable.auto.commit`` and
 ``enable.auto.offset.store`` are off). Dead letters go through a small sync ``Producer`` whose
 ``flush`` is awaited, so an offset is never committed before its dead letter is acknowledged.
+Dead letters are cut to fit (``adapters.dead_letters``); one the broker refuses for what it is
+goes again as its notes alone, and is reported rather than retried forever.
 """
 
 from __future__ import annotations

@@ -271,8 +271,11 @@ class DelayedEventsConsumer:
             self.stats.dead_letter_refused += 1
             log.error("%s: the dead-letter topic refused its dead letter (%s); skipped",
                       _where(msg), error)  # fmt: skip
-        self.stats.dead_lettered += len(rejects) - len(refused)
+        skipped = {id(msg) for msg, _ in refused}
         for msg, reason in rejects:
+            if id(msg) in skipped:
+                continue
+            self.stats.dead_lettered += 1
             code = reason.split(":", 1)[0]
             self.stats.count(self.stats.dead_letter_reasons, code)
             if self._on_dead_letter is not None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from delayline.adapters.kafka_consumer import KafkaDelayedSource, KafkaMessage
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import EventStatus, ScheduledEvent
 from delayline.events_client import build_delayed_message, derive_schedule_id
@@ -229,3 +230,27 @@ async def test_a_client_message_sent_twice_is_stored_once(
     assert event is not None
     assert event.correlation_id == "c-1"
     assert (await store.counts())["scheduled"] == 1
+
+
+async def test_a_dead_letter_refused_for_its_size_goes_as_a_bare_note(ingress: Ingress) -> None:
+    """Should the size budget be wrong (a limit the broker did not tell), the producer's refusal
+    is not an outage: the dead letter goes again as its notes alone."""
+    source = KafkaDelayedSource(
+        bootstrap_servers=ingress.bootstrap,
+        topic=ingress.topic,
+        group_id=ingress.group,
+        dead_letter_topic=ingress.dlq,
+    )
+    await source.start()
+    try:
+        source.max_message_bytes = 10_000_000  # believed, but the producer takes 1,000,000
+        big = KafkaMessage(ingress.topic, 0, 5, b"k", b"v" * 2_000_000, (("h", b"1"),), 1)
+        refused = await source.dead_letter([(big, "invalid_event: body too large")])
+    finally:
+        await source.stop()
+    assert refused == []
+    [dead] = await asyncio.to_thread(ingress.dead_letters.read, 1, 30)
+    assert (dead.key, dead.value) == (None, b"")
+    assert dead.header("x-dlq-reason") == "invalid_event: body too large"
+    assert "value=2000000" in dead.header("x-dlq-original-sizes")
+    assert "h" not in dead.headers
