@@ -406,7 +406,7 @@ class Application:
                 self.bootstrap_servers,
                 linger_ms=s.kafka_linger_ms,
                 lease_seconds=s.lease_seconds,
-                extra=s.kafka_client_options,
+                extra=s.resolved_kafka_client_options,
             )
         )
         await self.publisher.start()

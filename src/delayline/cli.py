@@ -197,11 +197,11 @@ def tail(
         [topic],
         partitions=settings.kafka_topic_partitions,
         replication_factor=settings.kafka_topic_replication_factor,
-        client_options=settings.kafka_client_options,
+        client_options=settings.resolved_kafka_client_options,
     ).ensure()
     consumer = Consumer(
         {
-            **settings.kafka_client_options,
+            **settings.resolved_kafka_client_options,
             "bootstrap.servers": servers,
             "topic.metadata.refresh.interval.ms": 2000,
             "group.id": f"delayline-tail-{os.getpid()}",

@@ -16,6 +16,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from delayline.kafka_security import (
+    SaslMechanism,
+    SecurityProtocol,
+    client_options,
+    security_problems,
+)
+
 ENV_PREFIX = "SCHEDULES_"
 
 
@@ -79,6 +86,21 @@ class Settings(BaseSettings):
     """Replicas of those topics when Delayline creates them (-1: the broker's default)."""
     kafka_consumer_group: str = "delayline-delayed-events"
     kafka_session_timeout_ms: int = Field(6000, ge=1000)
+    # TLS and SASL for every Kafka client (rules and librdkafka names: kafka_security.py)
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_ssl_ca_location: Path | None = None
+    """CA bundle to verify the brokers (unset: the system's CAs)."""
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_oauthbearer_token_endpoint_url: str | None = None
+    """OAUTHBEARER through OIDC client credentials (librdkafka fetches and refreshes the token)."""
+    kafka_sasl_oauthbearer_client_id: str | None = None
+    kafka_sasl_oauthbearer_client_secret: SecretStr | None = None
+    kafka_sasl_oauthbearer_scope: str | None = None
 
     # --- event validation ----------------------------------------------------------------------
     max_body_bytes: int = Field(1024 * 1024, gt=0)
@@ -132,6 +154,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        problems = security_problems(self, ENV_PREFIX)
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    @property
+    def resolved_kafka_client_options(self) -> dict[str, str]:
+        """librdkafka options for every Kafka client: TLS/SASL under the raw client options."""
+        return client_options(self)
+
     @property
     def resolved_clickhouse_dsn(self) -> str:
         """The DSN in use: the configured one, or the embedded chDB folder."""
@@ -140,7 +174,17 @@ class Settings(BaseSettings):
         return f"chdb:///{(self.data_dir / 'clickhouse').resolve().as_posix().lstrip('/')}"
 
 
-_SECRET_FIELDS = frozenset({"redis_url", "clickhouse_dsn", "api_keys", "kafka_client_options"})
+_SECRET_FIELDS = frozenset(
+    {
+        "redis_url",
+        "clickhouse_dsn",
+        "api_keys",
+        "kafka_client_options",
+        "kafka_ssl_key_password",
+        "kafka_sasl_password",
+        "kafka_sasl_oauthbearer_client_secret",
+    }
+)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -198,7 +198,7 @@ class KafkaDelayedSource:
             group_id=settings.kafka_consumer_group,
             dead_letter_topic=settings.kafka_dead_letter_topic_name,
             session_timeout_ms=settings.kafka_session_timeout_ms,
-            client_options=settings.kafka_client_options,
+            client_options=settings.resolved_kafka_client_options,
         )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -74,7 +74,7 @@ class KafkaTopics:
             [settings.kafka_delayed_topic_name, settings.kafka_dead_letter_topic_name],
             partitions=settings.kafka_topic_partitions,
             replication_factor=settings.kafka_topic_replication_factor,
-            client_options=settings.kafka_client_options,
+            client_options=settings.resolved_kafka_client_options,
         )
 
     def _admin_client(self) -> AdminClient:
