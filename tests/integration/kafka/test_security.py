@@ -13,12 +13,15 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -29,7 +32,7 @@ from confluent_kafka.admin import AdminClient
 from delayline.adapters.embedded import EmbeddedTansu, free_port
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import producer_config
-from delayline.bootstrap import ensure_topics
+from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.settings import Settings, load_settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -141,14 +144,60 @@ def test_consumer_and_dead_letter_producer_run_scram(scram_broker: str) -> None:
 
 
 def test_admin_client_runs_scram_and_topic_creation_fails(scram_broker: str) -> None:
-    s = scram_settings(scram_broker, kafka_client_options={"socket.timeout.ms": "5000"})
+    s = scram_settings(scram_broker)
+    topics = KafkaTopics.from_settings(s, scram_broker)
     problems = ClientProblems()
-    admin = AdminClient(
-        {"bootstrap.servers": scram_broker, **s.resolved_kafka_client_options, **problems.hooks()}
-    )
+    admin = AdminClient({**topics._options, **problems.hooks()})
     problems.wait_for(SCRAM_FAILED, admin.poll)
     with pytest.raises(KafkaException):
-        ensure_topics(scram_broker, ["never-created"], s.resolved_kafka_client_options)
+        topics.ensure()
+
+
+def test_serve_says_why_it_cannot_start_and_never_prints_the_password(
+    scram_broker: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SCHEDULES_DATA_DIR": str(tmp_path / "data"),
+        "SCHEDULES_API_PORT": str(free_port()),
+        "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS": scram_broker,
+        "SCHEDULES_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SCHEDULES_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "SCHEDULES_KAFKA_SASL_USERNAME": "delayline-test",
+        "SCHEDULES_KAFKA_SASL_PASSWORD": "pw-never-printed",
+    }
+    env.pop("SCHEDULES_REDIS_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", "serve"], env=env, capture_output=True, timeout=110
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode != 0, output[-2000:]
+    assert "delayline could not start" in output
+    assert SCRAM_FAILED in output
+    assert "pw-never-printed" not in output
+
+
+def test_serve_refuses_bad_security_settings_naming_them(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SCHEDULES_DATA_DIR": str(tmp_path / "data"),
+        "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        "SCHEDULES_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "SCHEDULES_KAFKA_SSL_CA_LOCATION": str(tmp_path / "missing-ca.pem"),
+        "SCHEDULES_KAFKA_SASL_MECHANISM": "PLAIN",
+        "SCHEDULES_KAFKA_SASL_PASSWORD": "pw-never-printed",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", "serve"], env=env, capture_output=True, timeout=60
+    )
+    output = " ".join((done.stdout + done.stderr).decode(errors="replace").split())  # unwrapped
+    assert done.returncode != 0
+    assert f"SCHEDULES_KAFKA_SSL_CA_LOCATION: no such file: {tmp_path / 'missing-ca.pem'}" in output
+    assert "SCHEDULES_KAFKA_SASL_USERNAME: required with SCHEDULES_KAFKA_SASL_MECHANISM=PLAIN" in (
+        output
+    )
+    assert "pw-never-printed" not in output
+    assert not (tmp_path / "data").exists()  # stopped before starting anything
 
 
 def test_plaintext_settings_never_reach_sasl(scram_broker: str) -> None:
