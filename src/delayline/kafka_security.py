@@ -75,7 +75,7 @@ def security_problems(s: Settings, env_prefix: str) -> list[str]:
         return env_prefix + field.upper()
 
     problems: list[str] = []
-    protocol = s.kafka_security_protocol
+    protocol = _effective_protocol(s)
     if protocol != "PLAINTEXT" and s.kafka_bootstrap_servers is None:
         problems.append(
             f"{name('kafka_security_protocol')}={protocol} needs "
@@ -84,9 +84,14 @@ def security_problems(s: Settings, env_prefix: str) -> list[str]:
     return problems + _tls_problems(s, name) + _sasl_problems(s, name)
 
 
+def _effective_protocol(s: Settings) -> str:
+    """The protocol the clients will use: a raw ``security.protocol`` option wins."""
+    return s.kafka_client_options.get("security.protocol", s.kafka_security_protocol).upper()
+
+
 def _tls_problems(s: Settings, name: Callable[[str], str]) -> list[str]:
     problems: list[str] = []
-    protocol = s.kafka_security_protocol
+    protocol = _effective_protocol(s)
     for field in [*_TLS_FILES, "kafka_ssl_key_password"]:
         if getattr(s, field) is not None and protocol not in _TLS_PROTOCOLS:
             problems.append(
@@ -112,7 +117,7 @@ def _tls_problems(s: Settings, name: Callable[[str], str]) -> list[str]:
 def _sasl_problems(s: Settings, name: Callable[[str], str]) -> list[str]:
     problems: list[str] = []
     protocol, mechanism, raw = (
-        s.kafka_security_protocol,
+        _effective_protocol(s),
         s.kafka_sasl_mechanism,
         s.kafka_client_options,
     )

@@ -222,3 +222,18 @@ def test_secrets_never_in_repr_or_errors() -> None:
     assert "hunter2" not in message
     bad_type = problems_of(kafka_sasl_password=["hunter2-list"])
     assert "SCHEDULES_KAFKA_SASL_PASSWORD" in bad_type and "hunter2" not in bad_type
+
+
+def test_a_raw_security_protocol_is_the_one_the_rules_check() -> None:
+    s = load_settings(
+        kafka_bootstrap_servers=SERVERS,
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="hunter2-sasl",
+        kafka_client_options={"security.protocol": "sasl_ssl"},
+    )
+    assert s.resolved_kafka_client_options["security.protocol"] == "sasl_ssl"
+    message = problems_of(kafka_client_options={"security.protocol": "SSL"})
+    assert (
+        "SCHEDULES_KAFKA_SECURITY_PROTOCOL=SSL needs SCHEDULES_KAFKA_BOOTSTRAP_SERVERS" in message
+    )
