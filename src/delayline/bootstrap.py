@@ -13,12 +13,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-import uvicorn
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,7 +33,7 @@ from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_store import RedisNearTermStore
-from delayline.api.app import create_app
+from delayline.api.server import ApiServer, build_api_server
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
 from delayline.domain.routing import Tier
@@ -126,7 +124,7 @@ class Application:
         }
         for name in self.breakers:
             self.metrics.set_breaker_state(name, "closed")
-        self.api_server: uvicorn.Server | None = None
+        self.api_server: ApiServer | None = None
         self._valkey: EmbeddedValkey | None = None
         self._tansu: EmbeddedTansu | None = None
         self._redis: Redis | None = None
@@ -200,6 +198,7 @@ class Application:
             self.clock,
             immediate_horizon_seconds=s.immediate_horizon_seconds,
             max_body_bytes=s.max_body_bytes,
+            rules=s.event_rules(),
             default_max_delay_seconds=s.default_max_delay_seconds,
             far=self.far,
             sync=self.sync,
@@ -350,19 +349,10 @@ class Application:
 
     async def _start_api(self) -> None:
         s = self.settings
-        app = create_app(
-            self.service,
-            analytics=self.analytics if s.analytics_enabled else None,
-            health=self.health(),
-            metrics=self.metrics,
-            api_keys=[k.get_secret_value() for k in s.api_keys],
-            open_health=s.api_open_health,
-            open_metrics=s.api_open_metrics,
+        analytics = self.analytics if s.analytics_enabled else None
+        self.api_server = build_api_server(
+            s, self.service, analytics=analytics, health=self.health(), metrics=self.metrics
         )
-        config = uvicorn.Config(
-            app, host=s.api_host, port=s.api_port, log_level="warning", access_log=False
-        )
-        self.api_server = _EmbeddedServer(config)
         self._tasks.append(asyncio.create_task(self.api_server.serve(), name="api"))
         for _ in range(500):  # wait until it listens, so start() returning means "serving"
             if self.api_server.started or self._tasks[-1].done():
@@ -501,14 +491,6 @@ class Application:
         log.info("delayline is running (node %s)", self.settings.node_id)
         await stop.wait()
         await self.stop()
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the application owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def run_migrations_cli(settings: Settings, progress: Any = None) -> list[str]:

@@ -8,11 +8,17 @@
 - ``PERMANENT``: retrying cannot help (message too large, topic not authorized). The event
   fails with its error; a Kafka message goes to the dead-letter topic.
 - ``BAD_INPUT``: the caller's data is wrong: 4xx or dead-letter, never retried.
+
+Two kinds of unavailability say more than "not stored": :class:`StorageFull` (a store cannot
+persist: disk full, Valkey ``MISCONF``, chDB ``NOT_ENOUGH_SPACE``) and :class:`OutcomeUnknown`
+(a write was sent but its answer never came: it may be stored). :func:`unavailable` builds the
+right one from the underlying error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 from enum import StrEnum
 
@@ -34,6 +40,63 @@ class DependencyUnavailable(Exception):
         self.dependency = dependency
 
 
+class StorageFull(DependencyUnavailable):
+    """A store refused a write because it cannot persist it (disk full); nothing was stored."""
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(dependency, detail)
+        self.detail = detail
+
+
+class OutcomeUnknown(DependencyUnavailable):
+    """A write reached (or may have reached) the store but its answer never came: it may or may
+    not be stored. Retrying with the same schedule id is safe (scheduling is idempotent)."""
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(dependency, detail)
+        self.schedule_ids: list[str] = []
+
+
+# What the stores say when their disk is full or they refuse writes they cannot persist.
+_DISK_FULL_MARKERS = ("MISCONF", "NOT_ENOUGH_SPACE", "No space left on device", "ENOSPC")
+# redis-py's messages for a connection lost after the command may have been sent.
+_UNKNOWN_OUTCOME_MARKERS = ("Timeout reading", "Connection closed by server", "Error while reading")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a store cannot persist writes (disk full or unwritable)."""
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _DISK_FULL_MARKERS)
+
+
+def is_outcome_unknown(exc: BaseException) -> bool:
+    """Whether ``exc`` is a timeout or a lost connection after a command was sent."""
+    if isinstance(exc, OutcomeUnknown):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return False
+    return any(marker in str(exc) for marker in _UNKNOWN_OUTCOME_MARKERS)
+
+
+def unavailable(dependency: str, exc: BaseException) -> DependencyUnavailable:
+    """The :class:`DependencyUnavailable` (or the subclass saying more) for ``exc``."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if is_disk_full(exc):
+        return StorageFull(dependency, detail)
+    if is_outcome_unknown(exc):
+        return OutcomeUnknown(dependency, detail)
+    return DependencyUnavailable(dependency, detail)
+
+
 class PublishError(Exception):
     """The broker refused or could not take one message."""
 
@@ -53,6 +116,8 @@ def classify(exc: BaseException) -> ErrorClass:
         return ErrorClass.UNAVAILABLE
     if isinstance(exc, InvalidEventError):
         return ErrorClass.BAD_INPUT
+    if is_disk_full(exc):
+        return ErrorClass.UNAVAILABLE
     if isinstance(exc, ConnectionError | TimeoutError | asyncio.TimeoutError | OSError):
         return ErrorClass.UNAVAILABLE
     try:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from delayline.errors import DependencyUnavailable, ErrorClass, classify
+from delayline.errors import DependencyUnavailable, ErrorClass, classify, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class CircuitBreaker:
         except Exception as exc:
             if classify(exc) is ErrorClass.UNAVAILABLE:
                 self.record_failure()
-                raise DependencyUnavailable(self.name, f"{type(exc).__name__}: {exc}") from exc
+                raise unavailable(self.name, exc) from exc
             self.record_success()  # the dependency answered; the call itself was wrong
             raise
         self.record_success()

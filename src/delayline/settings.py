@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from delayline.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventRules
 from delayline.kafka_security import (
     SaslMechanism,
     SecurityProtocol,
@@ -105,6 +106,8 @@ class Settings(BaseSettings):
     # --- event validation ----------------------------------------------------------------------
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     default_max_delay_seconds: int = Field(86400, ge=0)
+    allowed_topics: list[str] = Field(default_factory=list)
+    """When set (JSON list of glob patterns, ``["user.*"]``), events may target only these."""
 
     # --- dispatcher ----------------------------------------------------------------------------
     claim_batch_size: int = Field(100, gt=0, le=10_000)
@@ -129,6 +132,16 @@ class Settings(BaseSettings):
     """When set, every endpoint but the open ones needs ``X-API-Key`` or a bearer token."""
     api_open_health: bool = True
     api_open_metrics: bool = True
+    api_max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    """A request body over this is refused (413) before it is read."""
+    api_max_connections: int = Field(1000, gt=0)
+    """Open connections (and requests in flight) beyond this are answered 503 and closed."""
+    api_header_timeout: float = Field(10, gt=0)
+    """A connection that has not sent a complete request head within this is closed."""
+    api_body_timeout: float = Field(30, gt=0)
+    """A request whose body has not arrived within this is answered 408 and closed."""
+    api_keep_alive_timeout: int = Field(5, gt=0)
+    """An idle keep-alive connection is closed after this."""
 
     node_id: str = Field(default_factory=_default_node_id)
 
@@ -165,6 +178,18 @@ class Settings(BaseSettings):
     def resolved_kafka_client_options(self) -> dict[str, str]:
         """librdkafka options for every Kafka client: TLS/SASL under the raw client options."""
         return client_options(self)
+
+    def event_rules(self) -> EventRules:
+        """The rules every ingress applies: the producer's record limit and the topics events
+        may target."""
+        limit = self.kafka_client_options.get("message.max.bytes")
+        return EventRules(
+            max_message_bytes=int(limit) if limit else DEFAULT_MAX_MESSAGE_BYTES,
+            own_topics=frozenset(
+                {self.kafka_delayed_topic_name, self.kafka_dead_letter_topic_name}
+            ),
+            allowed_topics=tuple(self.allowed_topics),
+        )
 
     @property
     def resolved_clickhouse_dsn(self) -> str:

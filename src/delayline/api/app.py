@@ -1,16 +1,24 @@
 """The FastAPI application: routes, API-key auth, JSON errors, body limit and HTTP metrics.
 
 Every error is a JSON body ``{"error": ..., "field": ...}``: bad input gets a 4xx saying what is
-wrong, an unavailable store gets 503 with ``Retry-After``; a 500 means a bug.
+wrong, an unavailable store gets 503 with ``Retry-After``, a store whose disk is full 507, a write
+whose outcome is unknown (sent, no answer) 504 with the schedule ids to retry with; a 500 means a
+bug.
+
+Middleware, outermost first: HTTP metrics, API-key check (from the request head: an
+unauthenticated body is never read), body limit (declared size refused before reading, the rest
+read under a size and time bound).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,12 +27,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError
+from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError, AuthMiddleware
+from delayline.api.routes_monitoring import PREFIX as MONITORING
 from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, monitoring_router
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
 from delayline.domain.events import InvalidEventError
-from delayline.errors import DependencyUnavailable
+from delayline.errors import DependencyUnavailable, OutcomeUnknown, StorageFull
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi
 
@@ -33,6 +42,7 @@ __all__ = ["AnalyticsQueries", "HealthCheck", "create_app"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
 RETRY_AFTER_SECONDS = 5
 UNMATCHED_ROUTE = "unmatched"
 
@@ -47,12 +57,15 @@ def create_app(
     open_health: bool = True,
     open_metrics: bool = True,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> FastAPI:
     """The HTTP API over ``service``.
 
     ``api_keys`` empty: no authentication. Otherwise every endpoint needs one of the keys except
-    health and metrics when ``open_health``/``open_metrics``. ``analytics`` None: the analytics
-    endpoints answer 404 (analytics disabled). Requests over ``max_request_bytes`` get 413.
+    the documentation, and health and metrics when ``open_health``/``open_metrics``; the key is
+    checked before the body is read. ``analytics`` None: the analytics endpoints answer 404
+    (analytics disabled). Requests over ``max_request_bytes`` get 413; a body not received
+    within ``body_timeout`` seconds gets 408.
     """
     app = FastAPI(
         title="Delayline",
@@ -75,10 +88,26 @@ def create_app(
     )
     app.include_router(schedules_router(service, guard))
     _install_error_handlers(app)
-    # Added last = outermost: requests refused by the body limit are counted too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
+    # Added last = outermost: requests refused by the key check or the body limit are counted.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, timeout=body_timeout)
+    open_paths = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    if open_health:
+        open_paths.add(f"{MONITORING}/health")
+    if open_metrics:
+        open_paths.add(f"{MONITORING}/metrics")
+    app.add_middleware(
+        AuthMiddleware,
+        auth=auth,
+        open_paths={p for p in open_paths if p},
+        refuse=_refuse_unauthenticated,
+    )
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app
+
+
+async def _refuse_unauthenticated(send: Send, exc: AuthenticationError) -> None:
+    body = orjson.dumps({"error": exc.message, "field": None})
+    await _send_json(send, 401, body, [(b"www-authenticate", WWW_AUTHENTICATE.encode())])
 
 
 def _error(
@@ -145,6 +174,26 @@ def _install_error_handlers(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None
         )
 
+    async def outcome_unknown(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OutcomeUnknown)
+        log.warning("outcome unknown (%s): %s", exc.dependency, type(exc.__cause__).__name__)
+        return _error(
+            504,
+            "outcome unknown: retry with the same schedule_id "
+            f"({exc.dependency} did not answer in time; the event may or may not be stored)",
+            schedule_ids=exc.schedule_ids or None,
+        )
+
+    async def storage_full(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StorageFull)
+        log.error("%s cannot store: %s", exc.dependency, exc.detail)
+        return _error(
+            507,
+            f"{exc.dependency} cannot store the request: its disk is full or not writable "
+            f"({exc.detail[:200]}); nothing was stored",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         dependency = getattr(exc, "dependency", None)
         log.warning("dependency unavailable (%s): %s", dependency, type(exc).__name__)
@@ -164,12 +213,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthenticationError, unauthenticated)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(OutcomeUnknown, outcome_unknown)
+    app.add_exception_handler(StorageFull, storage_full)
     for exc_type in UNAVAILABLE_ERRORS:
         app.add_exception_handler(exc_type, unavailable)
     app.add_exception_handler(Exception, internal)
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``body`` and close the connection (the request's body is left unread)."""
     await send(
         {
             "type": "http.response.start",
@@ -178,6 +232,7 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *headers,
             ],
         }
     )
@@ -185,13 +240,18 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a request body over ``max_bytes`` (declared or streamed) before parsing."""
+    """Answer 413 to a request body over ``max_bytes`` (declared or streamed) before parsing,
+    and 408 to one not received within ``timeout`` seconds."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self._too_large = (
-            b'{"error":"request body is larger than ' + str(max_bytes).encode() + b' bytes"}'
+        self.timeout = timeout
+        self._too_large = orjson.dumps(
+            {"error": f"request body is larger than {max_bytes} bytes", "field": None}
+        )
+        self._too_slow = orjson.dumps(
+            {"error": f"request body not received within {timeout:g} s", "field": None}
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,21 +262,27 @@ class BodyLimitMiddleware:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await _send_json(send, 413, self._too_large)
                 return
-        # Read the whole body (bounded) so a chunked upload cannot exceed the limit either.
+        # Read the whole body (bounded in size and time) so a chunked upload cannot exceed the
+        # limit either, and a client trickling its body cannot hold the request forever.
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _send_json(send, 413, self._too_large)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await _send_json(send, 413, self._too_large)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send_json(send, 408, self._too_slow)
+            return
         replayed = False
 
         async def replay() -> Message:

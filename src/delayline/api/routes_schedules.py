@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, params
 
+from delayline.api.json_body import OffloadedJsonRoute
 from delayline.api.schemas import (
     SCHEDULE_ID_PATTERN,
     ApiError,
@@ -24,6 +25,7 @@ from delayline.api.schemas import (
     ScheduleResult,
 )
 from delayline.domain.events import InvalidEventError, ScheduledEvent, utc_now
+from delayline.errors import OutcomeUnknown
 from delayline.ports import SchedulerApi
 
 PREFIX = "/api/v1/schedules"
@@ -55,7 +57,13 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
 
     Include it after the monitoring router: ``/{schedule_id}`` takes any path (ids may hold ``/``).
     """
-    router = APIRouter(prefix=PREFIX, tags=["schedules"], dependencies=auth, responses=_ERRORS)
+    router = APIRouter(
+        prefix=PREFIX,
+        tags=["schedules"],
+        dependencies=auth,
+        responses=_ERRORS,
+        route_class=OffloadedJsonRoute,
+    )
 
     @router.post("", status_code=201, summary="Schedule one event or a batch")
     async def schedule(
@@ -71,7 +79,11 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
             ]
         else:
             events = [build_event(service, request, now)]
-        created = await service.schedule_events(events, source="http")
+        try:
+            created = await service.schedule_events(events, source="http")
+        except OutcomeUnknown as exc:
+            exc.schedule_ids = [ev.schedule_id for ev in events]  # to retry with
+            raise
         results = [
             ScheduleResult(schedule_id=ev.schedule_id, created=new, scheduled_at=ev.scheduled_at)
             for ev, new in zip(events, created, strict=True)

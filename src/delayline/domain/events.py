@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,13 @@ import orjson
 
 DEFAULT_MAX_DELAY_SECONDS = 86400
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+"""librdkafka's default ``message.max.bytes``: the largest record the producer will send."""
+RECORD_OVERHEAD_BYTES = 36
+"""The most a Kafka v2 record adds to its key, value and headers (length, attributes,
+timestamp and offset deltas, key/value lengths, header count: librdkafka's bound)."""
+HEADER_OVERHEAD_BYTES = 10
+"""The most one record header adds to its name and value (two varint lengths)."""
 MAX_HEADER_BYTES = 64 * 1024
 RESERVED_HEADERS = (
     "x-schedule-id",
@@ -25,6 +34,9 @@ RESERVED_HEADERS = (
     "x-scheduled-at",
 )
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# RFC 7230 token characters: what a header name may be made of, so that no name can smuggle
+# whitespace, control characters or look-alikes of a reserved name.
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
 _INT32 = (-(2**31), 2**31 - 1)
 
@@ -32,10 +44,61 @@ _INT32 = (-(2**31), 2**31 - 1)
 class InvalidEventError(ValueError):
     """The event cannot be scheduled; the message says which field and why."""
 
+    code = "invalid_event"
+    """The dead-letter reason code of a Kafka message refused for this."""
+
     def __init__(self, field_name: str, problem: str) -> None:
         super().__init__(f"{field_name}: {problem}")
         self.field = field_name
         self.problem = problem
+
+
+class OversizeEventError(InvalidEventError):
+    """The event would be a Kafka message larger than the producer can send."""
+
+    code = "oversize"
+
+
+@dataclass(frozen=True, slots=True)
+class EventRules:
+    """What every ingress accepts beyond each field's own type and format.
+
+    ``max_message_bytes``: the producer's ``message.max.bytes``; an event whose fired message
+    (key, body, headers and record overhead) could exceed it is refused, never accepted and then
+    failed at fire time. ``own_topics``: Delayline's own topics (delayed, dead-letter), which
+    events may not target, like Kafka's internal ``__``-prefixed ones. ``allowed_topics``: when
+    not empty, the topic must match one of these glob patterns (``user.*``).
+    """
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    own_topics: frozenset[str] = frozenset()
+    allowed_topics: tuple[str, ...] = ()
+
+    def check_topic(self, topic: str) -> None:
+        """Raise :class:`InvalidEventError` for a topic events may not target."""
+        if topic.startswith("__"):
+            raise InvalidEventError("topic", f"{topic!r} is an internal Kafka topic")
+        if topic in self.own_topics:
+            raise InvalidEventError("topic", f"{topic!r} is one of Delayline's own topics")
+        if self.allowed_topics and not any(
+            fnmatch.fnmatchcase(topic, pattern) for pattern in self.allowed_topics
+        ):
+            raise InvalidEventError(
+                "topic", f"{topic!r} is not in the allowed topics {list(self.allowed_topics)}"
+            )
+
+    def check_size(self, event: ScheduledEvent) -> None:
+        """Raise :class:`OversizeEventError` if ``event`` could not be produced as one record."""
+        size = message_size(event)
+        if size > self.max_message_bytes:
+            raise OversizeEventError(
+                "body",
+                f"the event would be a {size}-byte Kafka message (body, key and headers); "
+                f"the producer's limit (message.max.bytes) is {self.max_message_bytes}",
+            )
+
+
+DEFAULT_EVENT_RULES = EventRules()
 
 
 class EventStatus(StrEnum):
@@ -208,6 +271,19 @@ class ScheduledEvent:
         }
 
 
+def _byte_len(value: str | bytes) -> int:
+    return len(value) if isinstance(value, bytes) else len(value.encode("utf-8"))
+
+
+def message_size(event: ScheduledEvent) -> int:
+    """The most bytes the fired record of ``event`` takes against ``message.max.bytes``."""
+    headers = sum(
+        HEADER_OVERHEAD_BYTES + _byte_len(name) + len(value)
+        for name, value in event.outgoing_headers()
+    )
+    return RECORD_OVERHEAD_BYTES + _byte_len(event.message_key) + _byte_len(event.body) + headers
+
+
 def _check_text(name: str, value: object, *, allow_empty: bool = True, limit: int = 1024) -> str:
     if not isinstance(value, str):
         raise InvalidEventError(name, f"must be a string, not {type(value).__name__}")
@@ -287,8 +363,14 @@ def body_view(body: bytes) -> tuple[str, BodyEncoding]:
         return base64.b64encode(body).decode("ascii"), "base64"
 
 
+def reserved_form(name: str) -> str:
+    """``name`` as it is compared with the reserved names: NFKC, stripped, case-folded."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
 def validate_headers(headers: object) -> dict[str, str]:
-    """String keys and values, none reserved, at most 64 KiB in all."""
+    """String keys and values, names of RFC 7230 token characters, none reserved (compared
+    after normalisation, so no look-alike passes), at most 64 KiB in all."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
@@ -302,9 +384,15 @@ def validate_headers(headers: object) -> dict[str, str]:
             raise InvalidEventError(
                 "headers", f"value of {key!r} must be a string, not {type(value).__name__}"
             )
-        if key.lower() in RESERVED_HEADERS:
+        if reserved_form(key) in RESERVED_HEADERS:
             raise InvalidEventError(
                 "headers", f"{key!r} is reserved; it is set when the event fires"
+            )
+        if not _HEADER_NAME_RE.fullmatch(key):
+            raise InvalidEventError(
+                "headers",
+                f"name {key[:60]!r} must be 1-256 token characters "
+                "(letters, digits and !#$%&'*+-.^_`|~)",
             )
         _check_utf8("headers", key)
         _check_utf8("headers", value)
@@ -347,10 +435,12 @@ def new_event(
     schedule_id: object = None,
     now: datetime | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    rules: EventRules = DEFAULT_EVENT_RULES,
 ) -> ScheduledEvent:
     """Validate every field and build a pending :class:`ScheduledEvent`.
 
-    Raises :class:`InvalidEventError` naming the first field that is wrong.
+    Raises :class:`InvalidEventError` naming the first field that is wrong (an
+    :class:`OversizeEventError` when the message would be too large to produce).
     """
     sid = new_schedule_id() if schedule_id is None else schedule_id
     if not isinstance(sid, str) or not _ID_RE.fullmatch(sid):
@@ -366,9 +456,11 @@ def new_event(
     if not 0 <= max_delay_seconds <= 2**32 - 1:
         raise InvalidEventError("max_delay_seconds", "must be between 0 and 4294967295")
     stamp = now or utc_now()
-    return ScheduledEvent(
+    topic = validate_topic(topic)
+    rules.check_topic(topic)
+    event = ScheduledEvent(
         schedule_id=sid,
-        topic=validate_topic(topic),
+        topic=topic,
         entity_type=_check_text("entity_type", entity_type),
         action=_check_text("action", action),
         body=encode_body(body, max_body_bytes),
@@ -380,3 +472,5 @@ def new_event(
         created_at=stamp,
         updated_at=stamp,
     )
+    rules.check_size(event)
+    return event

@@ -141,7 +141,7 @@ def parse(msg: DelayedMessage, build_event: BuildEvent, now: datetime) -> Decisi
         try:
             return Schedule(build_event(**fields))
         except InvalidEventError as exc:
-            raise Rejected("invalid_event", str(exc)) from None
+            raise Rejected(exc.code, str(exc)) from None
     except Rejected as exc:
         return Reject(str(exc))
 

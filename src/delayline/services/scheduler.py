@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from delayline.domain.events import (
+    DEFAULT_EVENT_RULES,
+    EventRules,
     InvalidEventError,
     ScheduledEvent,
     as_utc,
@@ -53,6 +55,7 @@ class SchedulerService:
         *,
         immediate_horizon_seconds: float = 86400,
         max_body_bytes: int = 1024 * 1024,
+        rules: EventRules = DEFAULT_EVENT_RULES,
         default_max_delay_seconds: int = 86400,
         far: LongTermStore | None = None,
         sync: SyncRunner | None = None,
@@ -64,6 +67,7 @@ class SchedulerService:
         self._clock = clock
         self._horizon = immediate_horizon_seconds
         self._max_body_bytes = max_body_bytes
+        self._rules = rules
         self._default_max_delay = default_max_delay_seconds
         self._on_scheduled = on_scheduled
 
@@ -90,7 +94,9 @@ class SchedulerService:
                 fields["scheduled_at"] = _after(self._clock.now(), delay)
         if fields.get("max_delay_seconds") is None:
             fields["max_delay_seconds"] = self._default_max_delay
-        return new_event(now=self._clock.now(), max_body_bytes=self._max_body_bytes, **fields)
+        return new_event(
+            now=self._clock.now(), max_body_bytes=self._max_body_bytes, rules=self._rules, **fields
+        )
 
     def tier_for(self, event: ScheduledEvent, now: datetime | None = None) -> Tier:
         """Where ``event`` waits at ``now`` (default: the clock's now); Redis when there is

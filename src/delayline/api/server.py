@@ -1,0 +1,114 @@
+"""The HTTP server of the API: uvicorn over :func:`delayline.api.app.create_app`, with bounds on
+what a client can hold.
+
+- A connection that has not sent a complete request head within ``api_header_timeout`` (from
+  when it opened, or from the end of its previous response) is closed.
+- A request body not received within ``api_body_timeout`` is answered 408 (in the app).
+- An idle keep-alive connection is closed after ``api_keep_alive_timeout``.
+- Beyond ``api_max_connections`` open connections (or requests in flight) a request is answered
+  503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from delayline.api.app import create_app
+from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck
+from delayline.metrics import Metrics
+from delayline.ports import SchedulerApi
+from delayline.settings import Settings
+
+
+class HeadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head is late."""
+
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # the request head is complete
+            self._disarm_head_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm_head_deadline()  # waiting for the next request's head
+
+    def _arm_head_deadline(self) -> None:
+        self._disarm_head_deadline()
+        self._head_deadline = self.loop.call_later(self.header_timeout, self._head_too_late)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_late(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the application owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_api_server(
+    settings: Settings,
+    service: SchedulerApi,
+    *,
+    analytics: AnalyticsQueries | None,
+    health: HealthCheck,
+    metrics: Metrics,
+) -> ApiServer:
+    """The API on ``settings.api_host``/``api_port`` with its limits (see the module docstring)."""
+    s = settings
+    app = create_app(
+        service,
+        analytics=analytics,
+        health=health,
+        metrics=metrics,
+        api_keys=[k.get_secret_value() for k in s.api_keys],
+        open_health=s.api_open_health,
+        open_metrics=s.api_open_metrics,
+        max_request_bytes=s.api_max_request_bytes,
+        body_timeout=s.api_body_timeout,
+    )
+    protocol = type(
+        "ApiH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": s.api_header_timeout}
+    )
+    config = uvicorn.Config(
+        app,
+        host=s.api_host,
+        port=s.api_port,
+        http=protocol,
+        timeout_keep_alive=s.api_keep_alive_timeout,
+        limit_concurrency=s.api_max_connections,
+        log_level="warning",
+        access_log=False,
+    )
+    return ApiServer(config)
