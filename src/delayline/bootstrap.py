@@ -313,7 +313,9 @@ class Application:
 
         async def redis_ok() -> object:
             assert self._redis is not None
-            return await self._redis.ping()
+            # A write, not a ping: Valkey refuses writes (MISCONF) when it cannot persist them.
+            key = f"{{{self.settings.redis_key_prefix}}}:health"
+            return await self._redis.set(key, self.settings.node_id, px=60_000)
 
         async def clickhouse_ok() -> object:
             assert self.clickhouse is not None

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from delayline.bootstrap import read_runtime_file
-from delayline.domain.events import body_view
+from delayline.domain.events import body_view, new_schedule_id
 from delayline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Delayline: delayed events fired to Kafka on time.", no_args_is_help=True)
@@ -25,6 +25,7 @@ console = Console()
 err = Console(stderr=True)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+SCHEDULE_ATTEMPTS = 4
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -53,13 +54,30 @@ def _api(settings: Settings, api_url: str | None, api_key: str | None) -> httpx.
     return httpx.Client(base_url=base, headers=headers, timeout=30)
 
 
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach the service at {client.base_url}: {exc}[/red]")
-        err.print("Is `delayline serve` (or `make run`) running?")
-        raise typer.Exit(1) from None
+RETRIED_STATUSES = frozenset({503, 504})
+"""Answers meaning "not stored" (503) or "maybe stored" (504): a request that is safe to repeat
+(idempotent, like a schedule with its own id) is sent again."""
+
+
+def _call(client: httpx.Client, method: str, path: str, *, attempts: int = 1, **kwargs: Any) -> Any:
+    """Send the request (``attempts`` times at most while it times out or answers 503/504)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            if attempt < attempts:
+                time.sleep(min(2.0**attempt, 10))
+                continue
+            err.print(f"[red]no answer from {client.base_url} ({exc}); retry: it is safe[/red]")
+            raise typer.Exit(1) from None
+        except httpx.HTTPError as exc:
+            err.print(f"[red]cannot reach the service at {client.base_url}: {exc}[/red]")
+            err.print("Is `delayline serve` (or `make run`) running?")
+            raise typer.Exit(1) from None
+        if response.status_code in RETRIED_STATUSES and attempt < attempts:
+            time.sleep(min(2.0**attempt, 10))
+            continue
+        break
     if response.status_code >= 400:
         err.print(f"[red]{response.status_code}: {response.text}[/red]")
         raise typer.Exit(1)
@@ -116,11 +134,17 @@ def schedule(
     header: Annotated[list[str] | None, typer.Option(help="Header k=v (repeatable).")] = None,
     priority: Annotated[int, typer.Option(help="Higher fires first among equals.")] = 0,
     max_delay: Annotated[int | None, typer.Option(help="max_delay_seconds.")] = None,
-    schedule_id: Annotated[str | None, typer.Option("--id", help="Schedule id.")] = None,
+    schedule_id: Annotated[
+        str | None, typer.Option("--id", help="Schedule id (default: a new one).")
+    ] = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Schedule one event through the running service; prints its schedule id."""
+    """Schedule one event through the running service; prints its schedule id.
+
+    The command always sends a schedule id (``--id``, or a new one), so its own retries after a
+    timeout or a 503/504 can never create a second event.
+    """
     if (in_ is None) == (at is None):
         raise typer.BadParameter("give exactly one of --in or --at")
     headers = {}
@@ -144,11 +168,13 @@ def schedule(
         "headers": headers,
         "priority": priority,
         "max_delay_seconds": max_delay,
-        "schedule_id": schedule_id,
+        "schedule_id": schedule_id or new_schedule_id(),
     }
     payload = {k: v for k, v in payload.items() if v is not None}
     with _api(_settings(), api_url, api_key) as client:
-        result = _call(client, "POST", "/api/v1/schedules", json=payload)
+        result = _call(
+            client, "POST", "/api/v1/schedules", attempts=SCHEDULE_ATTEMPTS, json=payload
+        )
     print(result["schedule_id"])
 
 

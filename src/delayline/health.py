@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from delayline.domain.outcomes import ExecutionResult
+from delayline.errors import is_disk_full
 from delayline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class DependencyHealth:
     """Probes each dependency with a timeout; serving while the near-term store answers.
 
     ClickHouse down: degraded (near-term scheduling and firing go on). Kafka down: degraded
-    (due events wait and fire when it returns). Redis down: not serving.
+    (due events wait and fire when it returns). Redis down: not serving. A store whose disk is
+    full (it refuses writes): "full", degraded, with the reason.
     """
 
     def __init__(
@@ -53,7 +55,9 @@ class DependencyHealth:
             async with asyncio.timeout(self._timeout):
                 ok = await probe()
         except Exception as exc:
-            return {"status": "down", "error": f"{type(exc).__name__}: {exc}"[:300]}
+            # A full disk leaves reads working: degraded, with the reason, not down.
+            status = "full" if is_disk_full(exc) else "down"
+            return {"status": status, "error": f"{type(exc).__name__}: {exc}"[:300]}
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         return {"status": "up" if ok is not False else "down", "latency_ms": latency_ms}
 
@@ -62,7 +66,7 @@ class DependencyHealth:
         names = list(self._probes)
         results = await asyncio.gather(*(self._probe(n, self._probes[n]) for n in names))
         deps = dict(zip(names, results, strict=True))
-        serving = all(deps[n]["status"] == "up" for n in self._required if n in deps)
+        serving = all(deps[n]["status"] in {"up", "full"} for n in self._required if n in deps)
         healthy = all(d["status"] == "up" for d in deps.values())
         return {
             "status": "ok" if healthy else ("degraded" if serving else "down"),

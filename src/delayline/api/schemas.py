@@ -61,9 +61,11 @@ Timestamp = Annotated[datetime, AfterValidator(to_utc)]
 OptionalTimestamp = Annotated[
     Timestamp | None, WithJsonSchema({"type": "string", "format": "date-time"})
 ]
+# Numbers are strict: ``true`` is not 1 nor ``false`` 0 (which would mean "no limit"), and
+# ``"5"`` is not a number.
 OptionalDelay = Annotated[
     float | None,
-    Field(ge=0, le=MAX_DELAY_SECONDS),
+    Field(ge=0, le=MAX_DELAY_SECONDS, strict=True),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS}),
 ]
 # bytes only after validation: a base64 body is decoded into the bytes it stands for.
@@ -111,10 +113,13 @@ class EventIn(_Strict):
     delay_seconds: OptionalDelay = Field(None, description="Due in this many seconds from now")
     correlation_id: Text | None = None
     headers: dict[str, Text] | None = None
-    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX, description="Higher fires first")
+    priority: int = Field(
+        0, ge=INT32_MIN, le=INT32_MAX, strict=True, description="Higher fires first"
+    )
     max_delay_seconds: int | None = Field(
         None,
         ge=0,
+        strict=True,
         le=UINT32_MAX,
         description="Skip (do not publish) if it could only fire later than this past due",
     )
