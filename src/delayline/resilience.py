@@ -22,7 +22,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from delayline.errors import DependencyUnavailable, ErrorClass, classify, unavailable
+from delayline.errors import (
+    DependencyUnavailable,
+    ErrorClass,
+    StorageFull,
+    classify,
+    unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +148,12 @@ class CircuitBreaker:
             raise
         except Exception as exc:
             if classify(exc) is ErrorClass.UNAVAILABLE:
-                self.record_failure()
-                raise unavailable(self.name, exc) from exc
+                error = unavailable(self.name, exc)
+                if isinstance(error, StorageFull):
+                    self.record_success()  # it answered at once (and reads still work)
+                else:
+                    self.record_failure()
+                raise error from exc
             self.record_success()  # the dependency answered; the call itself was wrong
             raise
         self.record_success()

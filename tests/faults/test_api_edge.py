@@ -72,7 +72,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     collector: TopicCollector | None = None
     try:
         service.start()
-        collector = TopicCollector(broker.bootstrap_servers, {topic: 1, DLQ: 1})
+        collector = TopicCollector(broker.bootstrap_servers, {topic: 1, DLQ: 4})
         collector.start()
         yield Served(service, broker, topic, collector)
     finally:
@@ -304,7 +304,8 @@ def _dead_letters(served: Served, case: str, timeout: float = 30) -> dict[str, b
 def test_bad_header_names_and_topics_are_dead_lettered_over_kafka(served: Served) -> None:
     run = str(time.time_ns())
     cases: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
-    for i, name in enumerate(n for n in SPOOFED_NAMES if n):
+    # librdkafka takes header names as C strings: it cannot send an empty one or a NUL.
+    for i, name in enumerate(n for n in SPOOFED_NAMES if n and "\0" not in n):
         cases[f"{run}-name-{i}"] = (
             b"{}",
             [("x-topic", served.topic.encode()), ("x-delay-seconds", b"60"), (name, b"forged")],
