@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -282,7 +281,10 @@ def test_the_largest_accepted_event_fires_and_one_byte_more_is_refused(served: S
     assert fired[0].value == b"x" * size
 
 
-def _produce(served: Served, messages: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def _produce(served: Served, messages: list[tuple[bytes, Headers]]) -> None:
     producer = Producer(
         {"bootstrap.servers": served.broker.bootstrap_servers, "message.max.bytes": 4_000_000}
     )
@@ -303,7 +305,7 @@ def _dead_letters(served: Served, case: str, timeout: float = 30) -> dict[str, b
 
 def test_bad_header_names_and_topics_are_dead_lettered_over_kafka(served: Served) -> None:
     run = str(time.time_ns())
-    cases: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
+    cases: dict[str, tuple[bytes, Headers]] = {}
     # librdkafka takes header names as C strings: it cannot send an empty one or a NUL.
     for i, name in enumerate(n for n in SPOOFED_NAMES if n and "\0" not in n):
         cases[f"{run}-name-{i}"] = (
@@ -323,7 +325,7 @@ def test_bad_header_names_and_topics_are_dead_lettered_over_kafka(served: Served
 
 def test_an_oversize_event_is_dead_lettered_over_kafka(served: Served) -> None:
     case = f"oversize-{time.time_ns()}"
-    headers = [("x-topic", served.topic.encode()), ("x-delay-seconds", b"60")]
+    headers: Headers = [("x-topic", served.topic.encode()), ("x-delay-seconds", b"60")]
     _produce(served, [(b"z" * DEFAULT_MAX_MESSAGE_BYTES, [*headers, ("edge-case", case.encode())])])
     reason = _dead_letters(served, case).get("x-dlq-reason", b"").decode()
     assert reason.startswith("oversize"), reason

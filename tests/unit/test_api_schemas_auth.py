@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
@@ -82,3 +83,33 @@ async def test_dependency_counts_failures() -> None:
         await auth(None, None)
     assert metrics.registry.get_sample_value("delayline_auth_failures_total") == 2
     await ApiKeyAuth([], metrics)(None, None)  # open API: nothing to check
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("priority", True),
+        ("priority", "1"),
+        ("max_delay_seconds", False),
+        ("max_delay_seconds", "0"),
+        ("delay_seconds", True),
+        ("delay_seconds", "5"),
+    ],
+)
+def test_numbers_are_strict(field: str, value: object) -> None:
+    payload = {"topic": "t", "delay_seconds": 1, field: value}
+    with pytest.raises(ValidationError) as caught:
+        REQUEST.validate_json(orjson.dumps(payload))
+    assert caught.value.errors()[0]["loc"][-1] == field
+    with pytest.raises(ValidationError):
+        REQUEST.validate_python(payload)
+
+
+def test_the_key_check_reads_the_key_or_the_bearer_token() -> None:
+    auth = ApiKeyAuth(["alpha"], Metrics())
+    auth.check("alpha", None)
+    auth.check(None, "alpha")
+    with pytest.raises(AuthenticationError, match="invalid API key"):
+        auth.check("beta", "gamma")
+    with pytest.raises(AuthenticationError, match="authentication required"):
+        auth.check(None, None)

@@ -1,0 +1,90 @@
+"""A write whose answer never came is 504 "outcome unknown" with the ids to retry with; a store
+that cannot be reached is 503 "not stored". Served over HTTP, the real scheduler, the Redis tier
+behind its breaker, on a Valkey of the test's own that it stalls (SIGSTOP) and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from delayline.adapters.embedded import EmbeddedValkey, free_port
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.api.app import create_app
+from delayline.clock import SystemClock
+from delayline.metrics import Metrics
+from delayline.resilience import CircuitBreaker, Guarded
+from delayline.services.scheduler import SchedulerService
+
+from .conftest import ApiServer, StaticHealth
+
+SCHEDULES = "/api/v1/schedules"
+
+
+@pytest.fixture
+def stallable(tmp_path: Path) -> Iterator[tuple[EmbeddedValkey, str]]:
+    """A Valkey of this test's own and the URL of an API over it (Redis reads time out at
+    0.5 s, as a client configured with a command timeout does)."""
+    valkey = EmbeddedValkey(tmp_path / "valkey", port=free_port())
+    valkey.start()
+    client = Redis.from_url(valkey.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    store = RedisNearTermStore(client, prefix="stall", result_ttl_seconds=600)
+    near = Guarded(store, CircuitBreaker("redis", failure_threshold=1000))
+    service = SchedulerService(near, SystemClock())
+    app = create_app(service, analytics=None, health=StaticHealth(), metrics=Metrics(), api_keys=())
+    server = ApiServer(app, client.aclose)
+    server.start()
+    try:
+        yield valkey, server.url
+    finally:
+        pid = valkey.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        server.stop()
+        valkey.stop()
+
+
+def test_a_stalled_write_is_504_outcome_unknown_and_a_retry_with_its_id_is_safe(
+    stallable: tuple[EmbeddedValkey, str],
+) -> None:
+    valkey, url = stallable
+    pid = valkey.pid
+    assert pid is not None
+    event = {"topic": "stalled", "delay_seconds": 60, "body": "b"}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post(SCHEDULES, json=event).status_code == 201
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answer = client.post(SCHEDULES, json=event)  # old code: 503 "not stored"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert answer.status_code == 504, answer.text
+        error = answer.json()
+        assert error["error"].startswith("outcome unknown: retry with the same schedule_id")
+        [sid] = error["schedule_ids"]
+        # The write may have landed once Valkey resumed; a retry with its id never duplicates.
+        deadline = time.monotonic() + 20
+        while True:
+            retry = client.post(SCHEDULES, json={**event, "schedule_id": sid})
+            if retry.status_code == 201 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert retry.status_code == 201, retry.text
+        again = client.post(SCHEDULES, json={**event, "schedule_id": sid})
+        assert again.json()["created"] is False
+        assert client.get(f"{SCHEDULES}/{sid}").status_code == 200
+
+
+def test_an_unreachable_store_is_503_not_stored(stallable: tuple[EmbeddedValkey, str]) -> None:
+    valkey, url = stallable
+    valkey.stop()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        answer = client.post(SCHEDULES, json={"topic": "t", "delay_seconds": 60})
+    assert answer.status_code == 503, answer.text
+    assert "schedule_ids" not in answer.json()
