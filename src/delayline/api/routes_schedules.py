@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, params
 
-from delayline.api.json_body import OffloadedJsonRoute
 from delayline.api.schemas import (
     SCHEDULE_ID_PATTERN,
     ApiError,
@@ -57,13 +56,7 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
 
     Include it after the monitoring router: ``/{schedule_id}`` takes any path (ids may hold ``/``).
     """
-    router = APIRouter(
-        prefix=PREFIX,
-        tags=["schedules"],
-        dependencies=auth,
-        responses=_ERRORS,
-        route_class=OffloadedJsonRoute,
-    )
+    router = APIRouter(prefix=PREFIX, tags=["schedules"], dependencies=auth, responses=_ERRORS)
 
     @router.post("", status_code=201, summary="Schedule one event or a batch")
     async def schedule(
