@@ -30,7 +30,7 @@ from delayline.ports import SchedulerApi
 PREFIX = "/api/v1/schedules"
 _ID_RE = re.compile(SCHEDULE_ID_PATTERN)
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (401, 404, 408, 409, 413, 422, 503, 504, 507)
 }
 
 
