@@ -24,7 +24,7 @@ class _Stub(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append(body)
         status = type(self).answers.pop(0) if type(self).answers else 201
-        reply = {"error": "outcome unknown: retry with the same schedule_id"}
+        reply: dict[str, object] = {"error": "outcome unknown: retry with the same schedule_id"}
         if status == 201:
             reply = {"schedule_id": body.get("schedule_id", "server-made"), "created": True}
         data = json.dumps(reply).encode()
