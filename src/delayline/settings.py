@@ -165,6 +165,11 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}TRANSFER_HORIZON_SECONDS ({self.transfer_horizon_seconds}) must not "
                 f"exceed {ENV_PREFIX}IMMEDIATE_HORIZON_SECONDS ({self.immediate_horizon_seconds})"
             )
+        limit = self.kafka_client_options.get("message.max.bytes", "1")
+        if not str(limit).isdigit() or int(limit) < 1:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_CLIENT_OPTIONS: message.max.bytes must be a positive integer"
+            )
         return self
 
     @model_validator(mode="after")
