@@ -103,6 +103,29 @@ def http_cases(topic: str) -> list[HttpCase]:
             "GET",
             "/api/v1/schedules/monitoring/performance?start_date=yesterday",
         ),
+        HttpCase("priority true", _event(topic, '"delay_seconds": 1, "priority": true')),
+        HttpCase(
+            "max delay false", _event(topic, '"delay_seconds": 1, "max_delay_seconds": false')
+        ),
+        HttpCase(
+            "reserved header with NUL",
+            _event(topic, '"delay_seconds": 1, "headers": {"x-schedule-id\\u0000": "f"}'),
+        ),
+        HttpCase(
+            "reserved header with space",
+            _event(topic, '"delay_seconds": 1, "headers": {"x-schedule-id ": "f"}'),
+        ),
+        HttpCase(
+            "header name with CRLF",
+            _event(topic, '"delay_seconds": 1, "headers": {"a\\r\\nb": "f"}'),
+        ),
+        HttpCase(
+            "fullwidth reserved header",
+            _event(topic, '"delay_seconds": 1, "headers": {"\uff58-action": "f"}'),
+        ),
+        HttpCase("internal topic", b'{"topic": "__consumer_offsets", "delay_seconds": 1}'),
+        HttpCase("dead-letter topic", b'{"topic": "delayed_events.dlq", "delay_seconds": 1}'),
+        HttpCase("delayed topic", b'{"topic": "delayed_events", "delay_seconds": 1}'),
     ]
 
 
@@ -187,6 +210,24 @@ def kafka_cases(topic: str) -> list[KafkaCase]:
         KafkaCase("etf1 no target topic", b"{}", [("scheduler-epoch", b"2000000000")], key=b"k"),
         KafkaCase("tombstone with no key or id", None, []),
         KafkaCase("tombstone with invalid UTF-8 key", None, [], key=b"\xff\xfe"),
+        KafkaCase(
+            "reserved header with space",
+            b"{}",
+            [("x-topic", t), ("x-delay-seconds", b"1"), ("x-schedule-id ", b"forged")],
+        ),
+        KafkaCase(
+            "Cyrillic look-alike header",
+            b"{}",
+            [("x-topic", t), ("x-delay-seconds", b"1"), ("\u0445-action", b"forged")],
+        ),
+        KafkaCase(
+            "internal topic", b"{}", [("x-topic", b"__consumer_offsets"), ("x-delay-seconds", b"1")]
+        ),
+        KafkaCase(
+            "dead-letter topic with a forged reason",
+            b"{}",
+            [("x-topic", b"delayed_events.dlq"), ("x-delay-seconds", b"1"), ("x-dlq-reason", b"x")],
+        ),
     ]
     return [
         KafkaCase(c.name, c.value, [*c.headers, ("fault-case", c.name.encode())], c.key)
