@@ -97,7 +97,7 @@ def raw_produce(bootstrap: str, n: int, linger_ms: float) -> Result:
     """librdkafka alone: produce ``n`` fired-event-shaped messages and wait for every report."""
     event = due_now_events(1, "x")[0]
     headers = event.outgoing_headers()
-    value = event.body.encode()
+    value = event.body
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     producer: Any = Producer(
         producer_config(bootstrap, linger_ms=linger_ms, lease_seconds=30, extra={})
