@@ -122,47 +122,31 @@ async def test_the_same_id_twice_in_one_call_is_stored_once(store: RedisNearTerm
     assert (await store.counts())["pending"] == 2
 
 
-async def test_leases_written_by_the_previous_format_still_ack_and_reap(
+async def test_equal_times_fire_by_priority_then_submission_order(
     store: RedisNearTermStore,
 ) -> None:
-    """Before 2026-11 a lease was ``token|score``; a rolling upgrade must honour both."""
-    now_us = to_epoch_us(utc_now())
-    await store.schedule([_event(-2, sid="old-a"), _event(-1, sid="old-b")])
-    claim = await store.claim(now_us, 10, 1)
-    client = store._redis  # writing the old format by hand
-    await client.hset(store.leases_key, "old-a", f"{claim.token}|{now_us - 2_000_000}")
-    await client.hset(store.leases_key, "old-b", f"{claim.token}|{now_us - 1_000_000}")
-    assert await store.ack(claim.token, [Finished("old-a", EventStatus.COMPLETED)]) == 1
-    assert await store.reap(now_us + 2_000_000) == 1
-    assert await store.next_due_us() == now_us - 1_000_000  # back at its claimed score
+    """The member carries the submission sequence: equal due time and priority keep the order
+    of scheduling, across calls and chunks, whatever the ids."""
+    due = utc_now() - timedelta(seconds=1)
+    ids = [f"{i % 7}-{i:04d}"[::-1] for i in range(1200)]  # ids in no sorted order
+    events = [
+        new_event(topic="t", scheduled_at=due, priority=i % 3, schedule_id=sid)
+        for i, sid in enumerate(ids)
+    ]
+    await store.schedule(events[:700])  # two chunks in one call, then another call
+    await store.schedule(events[700:])
+    claimed = []
+    while batch := (await store.claim(to_epoch_us(utc_now()), 100, 30)).events:
+        claimed += [e.schedule_id for e in batch]
+    expected = [e.schedule_id for p in (2, 1, 0) for e in events if e.priority == p]
+    assert claimed == expected
+    value = await store._redis.hget(store.payload_key, ids[0])
+    assert isinstance(value, bytes) and value[20:22] == b":{"  # 21-byte member prefix
 
 
-async def test_values_written_by_the_previous_format_still_work(
-    store: RedisNearTermStore,
-) -> None:
-    """Before 2026-11 every value started with its member prefix and carried ``"k"``."""
-    client = store._redis  # writing the old format by hand
-    due_us = to_epoch_us(utc_now()) - 1_000_000
-    for sid in ("legacy-a", "legacy-b"):
-        old = f'7fffffff:{{"t":"t","s":{due_us},"k":{due_us - 5_000_000}}}\n{{"x":1}}'
-        await client.hset(store.payload_key, sid, old)
-        await client.zadd(store.due_key, {f"7fffffff:{sid}": due_us})
-    got = await store.get("legacy-a")
-    assert got is not None and got.due_us == due_us and got.body == b'{"x":1}'
-    assert to_epoch_us(got.created_at) == due_us - 5_000_000
-    assert await store.cancel("legacy-a")
-    claim = await store.claim(due_us + 1, 10, 30)
-    assert [e.schedule_id for e in claim.events] == ["legacy-b"]
-
-
-async def test_priority_zero_values_carry_no_prefix(store: RedisNearTermStore) -> None:
+async def test_each_script_finds_the_member_from_the_value(store: RedisNearTermStore) -> None:
     await store.schedule([_event(60, sid="plain"), _event(60, priority=3, sid="urgent")])
-    client = store._redis
-    plain = await client.hget(store.payload_key, "plain")
-    urgent = await client.hget(store.payload_key, "urgent")
-    assert isinstance(plain, bytes) and plain.startswith(b"{")
-    assert isinstance(urgent, bytes) and urgent.startswith(b"7ffffffc:{")
-    for sid in ("plain", "urgent"):  # each script finds the member from the value
+    for sid in ("plain", "urgent"):
         assert await store.reschedule(sid, to_epoch_us(utc_now()) + 90_000_000)
         assert await store.cancel(sid)
     assert (await store.counts())["pending"] == 0

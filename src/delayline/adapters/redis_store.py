@@ -3,20 +3,27 @@
 Key layout (every key shares the hash tag ``{prefix}``, so one script's keys sit in one
 Cluster slot; the tag is the unit of sharding):
 
-- ``{p}:due``      ZSET  score = due time (epoch µs), member = inverted-priority prefix + id
-- ``{p}:payload``  HASH  id → compact JSON + raw body (``domain.codec``), after the member
-                         prefix unless the priority is 0 (one hash: ~35 % less memory than a
-                         hash per event, DESIGN.md)
+- ``{p}:due``      ZSET  score = due time (epoch µs), member = 21-byte prefix + id: 8 hex
+                         digits of ``2**31 - 1 - priority``, 12 of the submission sequence, ':'
+- ``{p}:payload``  HASH  id → member prefix + compact JSON + raw body (``domain.codec``); the
+                         JSON starts with ``"r"``, the revision, when the event has one
+                         (one hash: ~35 % less memory than a hash per event)
+- ``{p}:seq``      STRING the submission sequence (INCR by the scripts that add events)
+- ``{p}:next``     HASH  id → due score, priority part and value of a newer version that came
+                         while the id was being fired; the ack, retry or reap that ends the
+                         firing puts it in the due set
 - ``{p}:inflight`` ZSET  id → lease deadline (epoch µs)
 - ``{p}:leases``   HASH  id → claim token: the fence for acks (a reaped event is due at once)
 - ``{p}:counts``   HASH  status → total
-- ``{p}:results:<n>`` HASH id → final status, one hash per ``result_ttl_seconds`` of time: an
-                         outcome is remembered between one and two TTLs (one EXPIRE per bucket,
-                         not one key per event)
+- ``{p}:results:<n>`` HASH id → ``status|epoch µs|revision|reason``, one hash per
+                         ``result_ttl_seconds`` of time: an outcome is remembered between one
+                         and two TTLs (one EXPIRE per bucket, not one key per event)
 - channel ``{p}:wake`` carries the due time of an event that became the earliest.
 
-Among equal due times the member prefix ``%08x`` of ``2**31 - 1 - priority`` makes higher
-priorities sort (and fire) first.
+Among equal due times the member prefix makes higher priorities sort (and fire) first, then
+earlier submissions (the sequence is taken in the schedule script, so a bulk call keeps its
+order). Revisions tell a redelivered or older version from a newer one (``lua/_revision.lua``,
+docs/INGRESS.md).
 """
 
 from __future__ import annotations
@@ -36,38 +43,34 @@ from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us
 from delayline.ports import Claim, Finished
 
 _PRIORITY_OFFSET = 2**31 - 1
-_PREFIX_LEN = 9
+_PREFIX_LEN = 21
 SCHEDULE_CHUNK = 500
 """Events per schedule script: bounds how long one call blocks the server (DESIGN.md)."""
 
 
-def member_prefix(priority: int) -> str:
-    """Sortable prefix: among equal scores, higher priority sorts first."""
-    if priority == 0:
-        return _DEFAULT_PREFIX
-    return f"{_PRIORITY_OFFSET - priority:08x}:"
+def priority_part(priority: int) -> str:
+    """The member prefix's first part: among equal scores, higher priority sorts first."""
+    return f"{_PRIORITY_OFFSET - priority:08x}"
 
 
-_DEFAULT_PREFIX = f"{_PRIORITY_OFFSET:08x}:"
-
-
-def stored_value(event: ScheduledEvent) -> bytes:
-    """The payload hash value: the codec's bytes, after the member prefix unless priority is 0
-    (the scripts read a value starting with ``{`` as priority 0: 9 bytes less per event)."""
+def stored_body(event: ScheduledEvent, revision: str = "") -> bytes:
+    """The payload hash value without its member prefix (the scripts add it): the codec's
+    bytes, with ``revision`` as the JSON's first field when there is one."""
     encoded = encode_event(event)
-    return encoded if event.priority == 0 else member_prefix(event.priority).encode() + encoded
+    if not revision:
+        return encoded
+    return b'{"r":"' + revision.encode() + b'",' + encoded[1:]
 
 
 def _codec_bytes(value: bytes) -> bytes:
-    return value if value[:1] == b"{" else value[_PREFIX_LEN:]
+    return value[_PREFIX_LEN:]
 
 
 def _load_script(name: str) -> str:
+    """A script with the shared helpers (value layout, revisions) prepended."""
     lua = resources.files("delayline.adapters").joinpath("lua")
-    text = lua.joinpath(f"{name}.lua").read_text()
-    if "member_of(" in text:  # one definition, prepended to the scripts that use it
-        text = lua.joinpath("_member_of.lua").read_text() + text
-    return text
+    helpers = (lua.joinpath(f"_{n}.lua").read_text() for n in ("member_of", "revision"))
+    return "".join(helpers) + lua.joinpath(f"{name}.lua").read_text()
 
 
 class RedisNearTermStore:
@@ -82,12 +85,15 @@ class RedisNearTermStore:
         self.inflight_key = f"{tag}:inflight"
         self.leases_key = f"{tag}:leases"
         self.counts_key = f"{tag}:counts"
+        self.seq_key = f"{tag}:seq"
+        self.next_key = f"{tag}:next"
         self.channel = f"{tag}:wake"
         self._result_ttl = result_ttl_seconds
         self._scripts: dict[str, AsyncScript] = {
             name: client.register_script(_load_script(name))
             for name in (
                 "schedule",
+                "upsert",
                 "claim",
                 "ack",
                 "retry",
@@ -131,15 +137,47 @@ class RedisNearTermStore:
         return [bool(x) for reply in replies for x in reply]
 
     def _schedule_call(self, events: Sequence[ScheduledEvent]) -> tuple[list[str], list[Any]]:
-        keys = [self.due_key, self.payload_key, self.counts_key, *self.result_buckets()]
+        keys = [
+            self.due_key,
+            self.payload_key,
+            self.counts_key,
+            *self.result_buckets(),
+            self.seq_key,
+        ]
         args: list[Any] = [self.channel]
         for event in events:
-            args += [
-                member_prefix(event.priority) + event.schedule_id,
-                event.due_us,
-                stored_value(event),
-            ]
+            args += [priority_part(event.priority) + event.schedule_id, event.due_us, stored_body(event)]
         return keys, args
+
+    async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:
+        """Upsert ``(event, revision, here)`` items in order, in one script per chunk.
+
+        ``here``: the event is due in this tier (stored here), else only an older pending copy
+        is taken out. Per item the code of ``lua/upsert.lua``: 0 ignored (not newer than what
+        is stored or remembered), 1 new here, 2 replaced a pending copy, 3 the id is firing
+        (the new version waits for the firing to end), 4 scheduled again after its outcome.
+        """
+        keys = [
+            self.due_key,
+            self.payload_key,
+            self.counts_key,
+            *self.result_buckets(),
+            self.seq_key,
+            self.leases_key,
+            self.next_key,
+        ]
+        codes: list[int] = []
+        for start in range(0, len(items), SCHEDULE_CHUNK):
+            args: list[Any] = [self.channel]
+            for event, revision, here in items[start : start + SCHEDULE_CHUNK]:
+                args += [
+                    "n" if here else "f",
+                    priority_part(event.priority) + event.schedule_id,
+                    event.due_us,
+                    stored_body(event, revision),
+                ]
+            codes += [int(code) for code in await self._run("upsert", keys, args)]
+        return codes
 
     async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
         """Lease up to ``limit`` due events under a fresh token."""
@@ -174,27 +212,30 @@ class RedisNearTermStore:
             self.payload_key,
             self.counts_key,
             self.result_buckets()[0],
+            self.next_key,
+            self.due_key,
+            self.seq_key,
         ]
         acked = 0
         for (status, reason), ids in groups.items():
-            args = [token, self._result_ttl, now_us, status, reason, *ids]
+            args = [token, self._result_ttl, now_us, status, reason, self.channel, *ids]
             acked += int(await self._run("ack", keys, args))
         return acked
 
     async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
-        """Back to the due set at ``due_us``, keeping the original ``scheduled_at``."""
-        prefix = member_prefix(event.priority)
+        """Back to the due set at ``due_us``, keeping the original ``scheduled_at`` (unless a
+        newer version came meanwhile: it takes the event's place)."""
         done = await self._run(
             "retry",
-            [self.inflight_key, self.leases_key, self.payload_key, self.due_key],
             [
-                token,
-                event.schedule_id,
-                due_us,
-                prefix + event.schedule_id,
-                stored_value(event),
-                self.channel,
+                self.inflight_key,
+                self.leases_key,
+                self.payload_key,
+                self.due_key,
+                self.next_key,
+                self.seq_key,
             ],
+            [token, event.schedule_id, due_us, stored_body(event), self.channel],
         )
         return bool(done)
 
@@ -202,7 +243,13 @@ class RedisNearTermStore:
         """Cancel a pending event; an event already leased is firing and is not recalled."""
         done = await self._run(
             "cancel",
-            [self.due_key, self.payload_key, self.counts_key, self.result_buckets()[0]],
+            [
+                self.due_key,
+                self.payload_key,
+                self.counts_key,
+                self.result_buckets()[0],
+                self.next_key,
+            ],
             [schedule_id, self._result_ttl, now_us],
         )
         return bool(done)
@@ -215,7 +262,7 @@ class RedisNearTermStore:
         """
         args: list[Any] = [schedule_id]
         if written is not None:
-            args.append(stored_value(written))
+            args.append(stored_body(written))
         return bool(await self._run("discard", [self.due_key, self.payload_key], args))
 
     async def remove_orphans(self, scan_count: int = 500) -> int:
@@ -249,7 +296,7 @@ class RedisNearTermStore:
                         schedule_id,
                         current,
                         due_us,
-                        stored_value(moved),
+                        stored_body(moved),
                         self.channel,
                     ],
                 )
@@ -263,7 +310,14 @@ class RedisNearTermStore:
         return int(
             await self._run(
                 "reap",
-                [self.inflight_key, self.leases_key, self.payload_key, self.due_key],
+                [
+                    self.inflight_key,
+                    self.leases_key,
+                    self.payload_key,
+                    self.due_key,
+                    self.next_key,
+                    self.seq_key,
+                ],
                 [now_us, limit, self.channel],
             )
         )
@@ -317,7 +371,15 @@ class RedisNearTermStore:
 
     async def delete_all(self) -> None:
         """Remove this store's keys (its own prefix only; never FLUSHALL). For tests and tools."""
-        keys = [self.due_key, self.payload_key, self.inflight_key, self.leases_key, self.counts_key]
+        keys = [
+            self.due_key,
+            self.payload_key,
+            self.inflight_key,
+            self.leases_key,
+            self.counts_key,
+            self.seq_key,
+            self.next_key,
+        ]
         await self._redis.delete(*keys)
         async for key in self._redis.scan_iter(match=f"{self._tag}:results:*", count=1000):
             await self._redis.delete(key)
@@ -338,7 +400,7 @@ async def _zscan_ids(client: Redis, key: str, count: int) -> AsyncIterator[list[
 
 
 def _finished_stub(schedule_id: str, result: bytes) -> ScheduledEvent:
-    status, at_us, reason = result.decode().split("|", 2)
+    status, at_us, _revision, reason = result.decode().split("|", 3)
     at = from_epoch_us(int(at_us or 0))
     return ScheduledEvent(
         schedule_id=schedule_id,

@@ -1,7 +1,7 @@
 -- Lease up to ARGV[2] events due at ARGV[1] to the holder of token ARGV[4] until ARGV[3].
 -- KEYS: due, payload, inflight, leases
 -- Returns a flat list: id, score, value for each claimed event, earliest (then highest
--- priority: members sort by an inverted-priority prefix among equal scores) first, then the
+-- priority, then earliest submission: the member prefix, _member_of.lua) first, then the
 -- due score of the earliest event left ('' if none): the caller's next wake-up, no extra trip.
 local due, payload, inflight, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, limit, deadline, token = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -19,7 +19,7 @@ for start = 1, count, chunk do
   local stop = math.min(start + chunk - 1, count)
   local ids, zargs, hargs = {}, {}, {}
   for j = start, stop do
-    local id = string.sub(members[2 * j - 1], 10)
+    local id = string.sub(members[2 * j - 1], PREFIX_LEN + 1)
     ids[#ids + 1] = id
     zargs[#zargs + 1] = deadline
     zargs[#zargs + 1] = id

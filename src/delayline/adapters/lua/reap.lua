@@ -1,21 +1,24 @@
--- Return events whose lease expired before ARGV[1] to the due set, due at once (ARGV[1]).
--- KEYS: inflight, leases, payload, due
+-- Return events whose lease expired before ARGV[1] to the due set, due at once (ARGV[1]); a
+-- newer version that arrived while one was firing (in ``next``) returns instead of it.
+-- KEYS: inflight, leases, payload, due, next, seq
 -- ARGV: now_us, limit, channel
 -- Returns how many were returned; the old token can no longer acknowledge them.
--- (A lease written before 2026-11 as ``token|score`` returns at its claimed score.)
-local inflight, leases, payload, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, leases, payload, due, nxt, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local now = ARGV[1]
 local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local n = 0
 for _, id in ipairs(expired) do
   local lease = redis.call('HGET', leases, id)
   local value = redis.call('HGET', payload, id)
+  local waiting = redis.call('HGET', nxt, id)
   redis.call('ZREM', inflight, id)
   redis.call('HDEL', leases, id)
-  if lease and value then
-    local bar = string.find(lease, '|', 1, true)
-    local score = bar and string.sub(lease, bar + 1) or now
-    redis.call('ZADD', due, score, member_of(value, id))
+  if waiting then
+    redis.call('HDEL', nxt, id)
+    install_next(due, payload, seq, id, waiting)
+    n = n + 1
+  elseif lease and value then
+    redis.call('ZADD', due, now, member_of(value, id))
     n = n + 1
   end
 end
