@@ -4,6 +4,12 @@ No polling period: it sleeps until the earliest due time (never longer than
 ``REDIS_PROCESSING_INTERVAL``) and is woken at once when any process schedules a sooner event.
 Each claim is a lease; events are acknowledged only after the broker's delivery report, so a
 dispatcher that dies leaves its events to be reclaimed by another when the lease expires.
+
+Claims come out of Redis in due order (then priority, then submission order), and several
+claimed batches are in flight at once. Each is handed to the producer in claim order: a batch
+hands over events due at ``t`` only once every batch claimed before it has handed over all of
+its events due at or before ``t``. Those are due too, so this adds no lateness; and the
+producer (idempotent) keeps that order per partition.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -71,6 +78,11 @@ class Dispatcher:
         self._lookahead_us = int(config.claim_lookahead_seconds * 1e6)
         self._run_id = uuid.uuid4().hex[:16]
         self._executions = itertools.count()
+        self._claims = itertools.count()
+        self._unhanded: dict[int, float] = {}
+        """Per claim in flight (by claim number): the fire time of its earliest event not yet
+        handed to the producer (``inf``: none left)."""
+        self._handed = asyncio.Condition()
 
     def _now_us(self) -> int:
         return to_epoch_us(self._clock.now())
@@ -123,7 +135,9 @@ class Dispatcher:
             self._slots.release()
             raise
         if claim.events:
-            task = asyncio.create_task(self._fire_and_release(claim))
+            number = next(self._claims)
+            self._unhanded[number] = min(claim.fire_at_us or [e.due_us for e in claim.events])
+            task = asyncio.create_task(self._fire_and_release(claim, number))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
             return
@@ -164,19 +178,37 @@ class Dispatcher:
             except Exception as exc:
                 log.warning("reaping expired leases failed: %s", exc)
 
-    async def _fire_and_release(self, claim: Claim) -> None:
+    async def _fire_and_release(self, claim: Claim, number: int) -> None:
         self.claims_in_flight += 1
         try:
-            await self.fire(claim)
+            await self.fire(claim, number)
         except Exception:
             # Unacknowledged events stay leased and return after the lease: nothing is lost.
             log.exception("firing a batch of %d events failed", len(claim.events))
         finally:
+            await self._mark_handed(number, math.inf)
+            del self._unhanded[number]
             self.claims_in_flight -= 1
             self._slots.release()
 
-    async def fire(self, claim: Claim) -> None:
-        """Publish a claimed batch, then acknowledge, retry or fail each event."""
+    async def _mark_handed(self, number: int, next_fire_us: float) -> None:
+        async with self._handed:
+            self._unhanded[number] = next_fire_us
+            self._handed.notify_all()
+
+    async def _turn(self, number: int, fire_us: int) -> None:
+        """Wait until every batch claimed before ``number`` handed over its events due by
+        ``fire_us`` (they are due too: this keeps claim order without adding lateness)."""
+        async with self._handed:
+            await self._handed.wait_for(
+                lambda: all(t > fire_us for n, t in self._unhanded.items() if n < number)
+            )
+
+    async def fire(self, claim: Claim, number: int | None = None) -> None:
+        """Publish a claimed batch, then acknowledge, retry or fail each event.
+
+        ``number``: the claim's place in claim order (see the module docstring); None when
+        it is fired on its own."""
         started_us = self._now_us()
         started_wall = time.time()  # delivery reports carry wall time; map them onto the clock
         finished: list[Finished] = []
@@ -195,8 +227,10 @@ class Dispatcher:
             else:
                 to_publish.append(event)
                 fire_at.append(max(score, event.due_us))  # a retry waits out its backoff
+        if number is not None:
+            await self._mark_handed(number, min(fire_at, default=math.inf))
         if to_publish:
-            results = await self._publish_on_time(to_publish, fire_at)
+            results = await self._publish_on_time(to_publish, fire_at, number)
             acked_us = [
                 r if isinstance(r, BaseException) else started_us + int((r - started_wall) * 1e6)
                 for r in results
@@ -224,7 +258,7 @@ class Dispatcher:
                 await asyncio.sleep(delay)
 
     async def _publish_on_time(
-        self, events: Sequence[ScheduledEvent], fire_at: Sequence[int]
+        self, events: Sequence[ScheduledEvent], fire_at: Sequence[int], number: int | None
     ) -> list[BaseException | float]:
         """Publish each event at its ``fire_at`` time (claims may run a little ahead of time).
 
@@ -242,8 +276,12 @@ class Dispatcher:
             end = start + 1
             while end < len(events) and fire_at[end] <= now_us:
                 end += 1
+            if number is not None:
+                await self._turn(number, max(fire_at[start:end]))
             sends.append(asyncio.create_task(self._publisher.publish(events[start:end])))
             start = end
+            if number is not None:
+                await self._mark_handed(number, min(fire_at[start:], default=math.inf))
         results: list[BaseException | float] = []
         for chunk in await asyncio.gather(*sends):
             results += chunk
