@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from delayline.domain.events import EventStatus, ScheduledEvent
@@ -46,11 +47,26 @@ class Finished:
     reason: str | None = None
 
 
+class Upserted(StrEnum):
+    """What an upsert by schedule id did (docs/INGRESS.md has the rule per ingress form)."""
+
+    CREATED = "created"  # the id was unknown: scheduled
+    REPLACED = "replaced"  # a pending version was replaced (in either tier)
+    SCHEDULED_AGAIN = "scheduled_again"  # the id was cancelled or had fired: scheduled again
+    AFTER_FIRING = "after_firing"  # the id is being fired: this version is scheduled after it
+    UNCHANGED = "unchanged"  # this version (or a newer one) is already stored or remembered
+
+
 class NearTermStore(Protocol):
     """The Redis tier: events due soon, claimed with leases and fired from here."""
 
     async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]:
         """Insert each event unless its schedule_id exists; True where it was inserted."""
+        ...
+
+    async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:
+        """Upsert ``(event, revision, due here)`` items in order; per item the code of
+        ``adapters/lua/upsert.lua`` (0 ignored, 1 new, 2 replaced, 3 firing, 4 again)."""
         ...
 
     async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
@@ -99,6 +115,14 @@ class LongTermStore(Protocol):
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
         """Insert events whose schedule_id is not already stored; True where inserted."""
+        ...
+
+    async def upsert(self, events: Sequence[ScheduledEvent]) -> list[int]:
+        """Make each event its id's current version: 1 new, 2 new version, 0 unchanged."""
+        ...
+
+    async def supersede(self, ids: Sequence[str]) -> int:
+        """Cancel the live version of each id (a newer one lives in the other tier)."""
         ...
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:
@@ -153,6 +177,17 @@ class SchedulerApi(Protocol):
         """Store validated events in their tier, durably; True where new (False: id existed).
 
         ``source`` (api, http, kafka) labels the scheduling metrics."""
+        ...
+
+    async def upsert_events(
+        self, events: Sequence[ScheduledEvent], revisions: Sequence[str], source: str = "api"
+    ) -> list[Upserted]:
+        """Store each event as its id's current version, in order, in its tier, durably;
+        ``revisions`` tell a redelivered or older version from a newer one."""
+        ...
+
+    async def replace(self, event: ScheduledEvent, source: str = "api") -> Upserted:
+        """Replace whatever state ``event``'s id is in (an identical version: unchanged)."""
         ...
 
     async def cancel_event(self, schedule_id: str) -> bool:

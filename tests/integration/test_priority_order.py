@@ -55,8 +55,9 @@ def _read_by_partition(bootstrap: str, topic: str, count: int) -> dict[int, list
     try:
         while read < count and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 0.2):
-                if msg.error() is None:
-                    out[msg.partition()].append(msg.value())
+                partition, value = msg.partition(), msg.value()
+                if msg.error() is None and partition is not None and value is not None:
+                    out[partition].append(value)
                     read += 1
     finally:
         consumer.close()
@@ -91,13 +92,15 @@ async def test_ten_thousand_simultaneous_events_fire_in_priority_then_submission
     )
     await publisher.start()
     dispatcher = Dispatcher(
-        store, publisher, _Sink(), clock, DispatcherConfig(claim_batch_size=100, claim_lookahead_seconds=5, node_id="t")
+        store,
+        publisher,
+        _Sink(),
+        clock,
+        DispatcherConfig(claim_batch_size=100, claim_lookahead_seconds=5, node_id="t"),
     )
     task = asyncio.create_task(dispatcher.run())
     try:
-        fired = await asyncio.to_thread(
-            _read_by_partition, broker.bootstrap_servers, topic, EVENTS
-        )
+        fired = await asyncio.to_thread(_read_by_partition, broker.bootstrap_servers, topic, EVENTS)
     finally:
         dispatcher.stop()
         await task

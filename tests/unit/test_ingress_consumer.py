@@ -29,6 +29,7 @@ class FakeNear:
 
     def __init__(self) -> None:
         self.events: dict[str, ScheduledEvent] = {}
+        self.revisions: dict[str, str] = {}
         self.cancelled: list[str] = []
         self.down = False
         self.poison: set[bytes] = set()
@@ -43,6 +44,19 @@ class FakeNear:
             out.append(e.schedule_id not in self.events)
             self.events.setdefault(e.schedule_id, e)
         return out
+
+    async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:
+        """Like the Redis script, without tiers or leases: a revision seen before is ignored."""
+        await self.schedule([])
+        if any(e.body in self.poison for e, _, _ in items):
+            raise ValueError("refused")
+        codes = []
+        for event, revision, _ in items:
+            known = self.revisions.get(event.schedule_id)
+            codes.append(0 if known == revision else 2 if event.schedule_id in self.events else 1)
+            self.events[event.schedule_id] = event
+            self.revisions[event.schedule_id] = revision
+        return codes
 
     async def cancel(self, schedule_id: str) -> bool:
         if self.down:

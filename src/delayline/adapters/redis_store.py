@@ -146,7 +146,11 @@ class RedisNearTermStore:
         ]
         args: list[Any] = [self.channel]
         for event in events:
-            args += [priority_part(event.priority) + event.schedule_id, event.due_us, stored_body(event)]
+            args += [
+                priority_part(event.priority) + event.schedule_id,
+                event.due_us,
+                stored_body(event),
+            ]
         return keys, args
 
     async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:

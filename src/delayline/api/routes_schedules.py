@@ -18,6 +18,8 @@ from delayline.api.schemas import (
     ErrorOut,
     EventIn,
     EventOut,
+    PutRequest,
+    Replaced,
     Rescheduled,
     RescheduleIn,
     ScheduleRequest,
@@ -110,10 +112,31 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
             return Rescheduled(schedule_id=schedule_id, scheduled_at=when)
         raise await _why_not(schedule_id, "rescheduled")
 
-    @router.put("/{schedule_id:path}", summary="Reschedule a pending event")
-    async def put_schedule(schedule_id: str, change: RescheduleIn) -> Rescheduled:
-        """Move the event to a new due time; 404 if unknown, 409 if it is no longer pending."""
-        return await reschedule(schedule_id, change)
+    @router.put("/{schedule_id:path}", summary="Replace the event, or reschedule it")
+    async def put_schedule(
+        schedule_id: str, change: Annotated[PutRequest, Body()]
+    ) -> Replaced | Rescheduled:
+        """With a full event (a body with ``topic``): make it the id's current version,
+        whatever state the id is in — pending in either tier (replaced), cancelled or fired
+        (scheduled again), being fired (scheduled when that firing ends). Sending the same
+        version again changes nothing (``unchanged``).
+
+        With only ``scheduled_at`` or ``delay_seconds``: move the pending event, as PATCH;
+        404 if unknown, 409 if it is no longer pending."""
+        if isinstance(change, RescheduleIn):
+            return await reschedule(schedule_id, change)
+        if not _ID_RE.fullmatch(schedule_id):
+            raise ApiError(422, f"{schedule_id[:200]!r} is not a valid schedule id",
+                           field="schedule_id")  # fmt: skip
+        if change.schedule_id not in (None, schedule_id):
+            raise ApiError(422, "schedule_id in the body differs from the path",
+                           field="schedule_id")  # fmt: skip
+        event = build_event(service, change.model_copy(update={"schedule_id": schedule_id}),
+                            utc_now())  # fmt: skip
+        outcome = await service.replace(event, source="http")
+        return Replaced(
+            schedule_id=schedule_id, scheduled_at=event.scheduled_at, outcome=outcome.value
+        )
 
     @router.patch("/{schedule_id:path}", summary="Reschedule a pending event")
     async def patch_schedule(schedule_id: str, change: RescheduleIn) -> Rescheduled:

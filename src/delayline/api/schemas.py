@@ -168,7 +168,11 @@ class ScheduleResult(BaseModel):
     """The outcome of scheduling one event."""
 
     schedule_id: str
-    created: bool = Field(description="False when an event with this id already existed")
+    created: bool = Field(
+        description="True: stored now. False: an event with this id already exists (pending, "
+        "firing, or remembered after its outcome) and nothing was changed; a retried POST "
+        "never fires twice. To change or schedule the id again, PUT the full event."
+    )
     scheduled_at: datetime
 
 
@@ -192,6 +196,32 @@ class RescheduleIn(_Strict):
         if (self.scheduled_at is None) == (self.delay_seconds is None):
             raise ValueError("give exactly one of scheduled_at or delay_seconds")
         return self
+
+
+def _put_kind(value: Any) -> str:
+    # A body with a topic is a full event (replace); else a new due time (reschedule).
+    return "event" if isinstance(value, dict) and "topic" in value else "reschedule"
+
+
+PutRequest = Annotated[
+    Annotated[EventIn, Tag("event")] | Annotated[RescheduleIn, Tag("reschedule")],
+    Discriminator(_put_kind),
+]
+
+
+class Replaced(BaseModel):
+    """The outcome of a PUT with a full event: it is now the id's current version."""
+
+    schedule_id: str
+    scheduled_at: datetime
+    outcome: Literal["created", "replaced", "scheduled_again", "after_firing", "unchanged"] = Field(
+        description="created: the id was unknown. replaced: the pending version (in either "
+        "tier) was replaced. scheduled_again: the id was cancelled or had fired. "
+        "after_firing: the id is being fired right now; that firing is published and this "
+        "version is scheduled when it ends. unchanged: this exact version (same fields and "
+        "due time) is already the current or the remembered one, so a retried PUT with "
+        "scheduled_at never fires twice."
+    )
 
 
 class EventOut(BaseModel):

@@ -23,8 +23,9 @@ from typing import Any, Protocol
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
 from delayline.errors import ErrorClass, classify
-from delayline.ports import Clock, SchedulerApi
+from delayline.ports import Clock, SchedulerApi, Upserted
 from delayline.services.ingress_parse import Cancel, DelayedMessage, Reject, Schedule, parse
+from delayline.services.scheduler import kafka_revision
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class IngressStats:
 
     consumed: int = 0
     scheduled: int = 0
+    replaced: int = 0
     duplicates: int = 0
     cancelled: int = 0
     cancel_missed: int = 0
@@ -292,28 +294,36 @@ class DelayedEventsConsumer:
     ) -> None:
         if not group:
             return
+        revisions = [kafka_revision(m.partition, m.offset, m.timestamp_ms) for m, _ in group]
         try:
-            results = await self._scheduler.schedule_events([ev for _, ev in group], source="kafka")
-            stored = list(zip(group, results, strict=True))
+            results = await self._scheduler.upsert_events(
+                [ev for _, ev in group], revisions, source="kafka"
+            )
+            done = list(zip(group, results, strict=True))
         except Exception as exc:
             if self._unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
             # The store refused the batch: find the event it refuses so the others are kept.
-            stored = []
-            for msg, event in group:
+            done = []
+            for (msg, event), revision in zip(group, revisions, strict=True):
                 try:
-                    [result] = await self._scheduler.schedule_events([event], source="kafka")
-                    stored.append(((msg, event), result))
+                    [result] = await self._scheduler.upsert_events(
+                        [event], [revision], source="kafka"
+                    )
+                    done.append(((msg, event), result))
                 except Exception as one:
                     if self._unavailable(one):
                         raise _StoreUnavailable(str(one)) from one
                     rejects.append((msg, f"store_rejected: {one}"))
-        for (msg, event), inserted in stored:
-            if inserted:
+        for (msg, event), result in done:
+            if result is Upserted.UNCHANGED:
+                self.stats.duplicates += 1
+                self._ignore(msg, "duplicate", f"schedule id {event.schedule_id!r} already has "
+                             "this version or a newer one")  # fmt: skip
+            elif result is Upserted.CREATED or result is Upserted.SCHEDULED_AGAIN:
                 self.stats.scheduled += 1
             else:
-                self.stats.duplicates += 1
-                self._ignore(msg, "duplicate", f"schedule id {event.schedule_id!r} is known")
+                self.stats.replaced += 1
 
     async def _cancel(
         self, msg: DelayedMessage, schedule_id: str, rejects: list[tuple[DelayedMessage, str]]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+import orjson
 
 from delayline.domain.events import (
     DEFAULT_EVENT_RULES,
@@ -20,7 +23,7 @@ from delayline.domain.events import (
     validate_scheduled_at,
 )
 from delayline.domain.routing import Tier, route
-from delayline.ports import Clock, LongTermStore, NearTermStore
+from delayline.ports import Clock, LongTermStore, NearTermStore, Upserted
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,40 @@ class SyncRunner(Protocol):
 
 ScheduledHook = Callable[[Tier, str, int], None]
 """Called with (tier, source, count) after events are stored (metrics)."""
+
+_NEAR_CODES = {
+    1: Upserted.CREATED,
+    2: Upserted.REPLACED,
+    3: Upserted.AFTER_FIRING,
+    4: Upserted.SCHEDULED_AGAIN,
+}
+
+
+def kafka_revision(partition: int, offset: int, timestamp_ms: int | None) -> str:
+    """The revision of a version that came from a delayed-topic message: its position. Of two
+    messages in one partition, the earlier offset with a timestamp no later is older (a topic
+    re-created from offset 0 has later timestamps)."""
+    return f"{partition}:{offset}:{timestamp_ms or 0}"
+
+
+def content_revision(event: ScheduledEvent) -> str:
+    """The revision of a version given over HTTP or Python: a hash of what it would publish
+    and when, so the same version sent twice is one version."""
+    body = event.body
+    raw = body.encode() if isinstance(body, str) else bytes(body)
+    meta = orjson.dumps(
+        [
+            event.topic,
+            event.entity_type,
+            event.action,
+            event.correlation_id,
+            sorted(event.headers.items()),
+            event.due_us,
+            event.priority,
+            event.max_delay_seconds,
+        ]
+    )
+    return "#" + hashlib.blake2b(meta + b"\n" + raw, digest_size=8).hexdigest()
 
 
 class SchedulerService:
@@ -153,6 +190,71 @@ class SchedulerService:
                 if group:
                     self._on_scheduled(tier, source, len(group))
         return inserted
+
+    async def upsert_events(
+        self, events: Sequence[ScheduledEvent], revisions: Sequence[str], source: str = "api"
+    ) -> list[Upserted]:
+        """Store each event as the current version of its id, in its tier, durably on return.
+
+        A version whose revision is not newer than the stored or remembered one changes
+        nothing (``UNCHANGED``); else it replaces the pending version in whichever tier,
+        schedules the id again after a cancel or an outcome, or — the id is being fired
+        right now — waits and is scheduled when that firing ends (``AFTER_FIRING``: the
+        version being fired is published too). Within one call the last version of an id
+        wins; the earlier ones are ``REPLACED``.
+
+        Order across tiers: the tier the event goes to is written first, then the other
+        tier's older copy is retired, so a failure between the two loses nothing (a retry,
+        or the sync's compare-and-discard, settles it).
+        """
+        now = self._clock.now()
+        last = {e.schedule_id: i for i, e in enumerate(events)}
+        picked = [i for i, e in enumerate(events) if last[e.schedule_id] == i]
+        near_at = {i for i in picked if self.tier_for(events[i], now) is Tier.REDIS}
+        far_at = [i for i in picked if i not in near_at]
+        far_codes: dict[int, int] = {}
+        if far_at and self._far is not None:
+            codes = await self._far.upsert([events[i] for i in far_at])
+            far_codes = dict(zip(far_at, codes, strict=True))
+        items = [(events[i], revisions[i], i in near_at) for i in picked]
+        near_codes = dict(zip(picked, await self._near.upsert(items), strict=True))
+        if self._far is not None:
+            if near_at:
+                await self._far.supersede([events[i].schedule_id for i in sorted(near_at)])
+            stale = [i for i in far_at if near_codes[i] == 0 and far_codes[i] != 0]
+            for i in stale:  # Redis holds this version or a newer one: keep only that
+                await self._far.cancel(events[i].schedule_id)
+        out = [Upserted.REPLACED] * len(events)
+        for i in picked:
+            near_code, far_code = near_codes[i], far_codes.get(i)
+            if near_code == 0 or far_code == 0:
+                out[i] = Upserted.UNCHANGED
+            elif far_code is None or near_code == 4:  # due in Redis, or fired from there
+                out[i] = _NEAR_CODES[near_code]
+            elif near_code == 1 and far_code == 1:
+                out[i] = Upserted.CREATED
+            else:
+                out[i] = Upserted.REPLACED
+        for i, event in enumerate(events):  # an earlier version in this call: never stored
+            if out[last[event.schedule_id]] is Upserted.UNCHANGED:
+                out[i] = Upserted.UNCHANGED
+        if self._on_scheduled is not None:
+            for tier, group in ((Tier.REDIS, near_at), (Tier.CLICKHOUSE, set(far_at))):
+                stored = sum(1 for i in group if out[i] is not Upserted.UNCHANGED)
+                if stored:
+                    self._on_scheduled(tier, source, stored)
+        return out
+
+    async def replace(self, event: ScheduledEvent, source: str = "api") -> Upserted:
+        """Replace whatever state ``event``'s id is in: pending (either tier), cancelled or
+        fired (scheduled again), being fired (scheduled after). The same version again
+        (same content and time) is ``UNCHANGED``, so retrying a replace is safe."""
+        return (await self.upsert_events([event], [content_revision(event)], source))[0]
+
+    async def replace_event(self, *, schedule_id: str, **fields: Any) -> Upserted:
+        """:meth:`replace` with the fields of :meth:`schedule_event` (``schedule_id`` is
+        required): the Python API's way to schedule an id again on purpose."""
+        return await self.replace(self.build_event(schedule_id=schedule_id, **fields))
 
     async def schedule_bulk(self, items: Sequence[dict[str, Any]]) -> list[str]:
         """Validate and schedule many events in one call; returns their ids in order."""

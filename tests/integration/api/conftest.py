@@ -29,7 +29,7 @@ from delayline.api.app import create_app
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
 from delayline.metrics import Metrics
-from delayline.ports import SchedulerApi
+from delayline.ports import SchedulerApi, Upserted
 from delayline.services.scheduler import SchedulerService
 
 
@@ -50,6 +50,14 @@ class StoreService:
         self, events: Sequence[ScheduledEvent], source: str = "api"
     ) -> list[bool]:
         return await self.store.schedule(events)
+
+    async def upsert_events(
+        self, events: Sequence[ScheduledEvent], revisions: Sequence[str], source: str = "api"
+    ) -> list[Upserted]:
+        return await SchedulerService(self.store, SystemClock()).upsert_events(events, revisions)
+
+    async def replace(self, event: ScheduledEvent, source: str = "api") -> Upserted:
+        return await SchedulerService(self.store, SystemClock()).replace(event)
 
     async def cancel_event(self, schedule_id: str) -> bool:
         return await self.store.cancel(schedule_id)
