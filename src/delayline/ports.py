@@ -69,6 +69,10 @@ class NearTermStore(Protocol):
         ``adapters/lua/upsert.lua`` (0 ignored, 1 new, 2 replaced, 3 firing, 4 again)."""
         ...
 
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """The ids pending, leased or remembered here."""
+        ...
+
     async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
         """Lease up to ``limit`` events due at ``now_us``, highest priority first per instant."""
         ...
@@ -121,8 +125,13 @@ class LongTermStore(Protocol):
         """Make each event its id's current version: 1 new, 2 new version, 0 unchanged."""
         ...
 
-    async def supersede(self, ids: Sequence[str]) -> int:
-        """Cancel the live version of each id (a newer one lives in the other tier)."""
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """The ids stored here in any version."""
+        ...
+
+    async def supersede(self, ids: Sequence[str]) -> set[str]:
+        """Cancel the live version of each id (a newer one lives in the other tier); returns
+        the ids that had one."""
         ...
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:

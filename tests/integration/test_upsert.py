@@ -5,22 +5,28 @@ message after a tombstone or a firing schedules it again, a redelivered one chan
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+import uvicorn
 
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.embedded import EmbeddedTansu
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.api.app import create_app
 from delayline.clock import SystemClock
 from delayline.domain.events import EventStatus
 from delayline.domain.outcomes import ExecutionResult
+from delayline.metrics import Metrics
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.scheduler import SchedulerService
+from tests.integration.api.conftest import StaticHealth
 from tests.integration.kafka.conftest import Ingress, until
 from tests.support import Fired, TopicReader, create_topics
 
@@ -218,3 +224,69 @@ async def test_far_versions_replace_each_other_and_a_redelivery_changes_nothing(
     env.ingress.produce(env.native("K5", near_due, b"v3"))
     fired = await asyncio.to_thread(env.fired_after, near_due)
     assert [m.value for m in fired] == [b"v3"]
+
+
+# --- HTTP: POST stays insert-if-absent; PUT with a full event replaces whatever state
+
+
+@pytest.fixture
+async def http(env: Env) -> AsyncIterator[httpx.AsyncClient]:
+    """The API served (uvicorn, loopback socket) on this loop, over ``env``'s service."""
+    app = create_app(
+        env.service, analytics=None, health=StaticHealth(), metrics=Metrics(), api_keys=()
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await until(lambda: _started(server))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client
+    server.should_exit = True
+    await task
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return bool(server.started)
+
+
+def _event_body(env: Env, due: datetime, body: str) -> dict[str, object]:
+    return {"topic": env.target, "body": body, "scheduled_at": due.isoformat()}
+
+
+async def test_http_put_replaces_in_either_tier_and_schedules_again_after_firing(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    url = "/api/v1/schedules/H1"
+    far = await http.put(url, json=_event_body(env, _in(2 * 3600), "far"))
+    assert (far.status_code, far.json()["outcome"]) == (200, "created")
+    assert (await env.far.get("H1")) is not None
+    repost = await http.post("/api/v1/schedules", json={
+        **_event_body(env, _in(1), "ignored"), "schedule_id": "H1"})  # fmt: skip
+    assert repost.json()["created"] is False  # POST never changes an existing id
+
+    due = _in(2)
+    body = _event_body(env, due, "near")
+    assert (await http.put(url, json=body)).json()["outcome"] == "replaced"
+    assert (await http.put(url, json=body)).json()["outcome"] == "unchanged"  # a retry
+    fired = await asyncio.to_thread(env.fired_after, due)
+    assert [m.value for m in fired] == [b"near"]
+
+    async def completed() -> bool:
+        event = await env.near.get("H1")
+        return event is not None and event.status is EventStatus.COMPLETED
+
+    await until(completed)
+    assert (await http.put(url, json=body)).json()["outcome"] == "unchanged"  # fired already
+    again = _in(1)
+    put = await http.put(url, json=_event_body(env, again, "again"))
+    assert put.json()["outcome"] == "scheduled_again"
+    fired = await asyncio.to_thread(env.fired_after, again)
+    assert [m.value for m in fired] == [b"near", b"again"]
+    moved = await http.put(url, json={"delay_seconds": 60})  # still a reschedule
+    assert moved.status_code == 409  # it fired: nothing pending to move
+    wrong = await http.put(url, json={**_event_body(env, again, "x"), "schedule_id": "other"})
+    assert wrong.status_code == 422

@@ -183,6 +183,17 @@ class RedisNearTermStore:
             codes += [int(code) for code in await self._run("upsert", keys, args)]
         return codes
 
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """The ids pending, leased or remembered here (one pipelined round trip)."""
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in (self.payload_key, *self.result_buckets()):
+                pipe.hmget(key, unique)
+            replies = await pipe.execute()
+        return {sid for j, sid in enumerate(unique) if any(r[j] is not None for r in replies)}
+
     async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
         """Lease up to ``limit`` due events under a fresh token."""
         token = uuid.uuid4().hex

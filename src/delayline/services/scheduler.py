@@ -177,14 +177,31 @@ class SchedulerService:
     async def schedule_events(
         self, events: Sequence[ScheduledEvent], source: str = "api"
     ) -> list[bool]:
-        """Store validated events in their tiers; True where new. Durable on return."""
+        """Store validated events in their tiers; True where new, False where the id exists
+        (in either tier, or remembered after its outcome): then nothing changes. Durable on
+        return."""
         now = self._clock.now()  # one instant for the whole batch
         tiers = [self.tier_for(e, now) for e in events]
         near = [e for e, t in zip(events, tiers, strict=True) if t is Tier.REDIS]
         far = [e for e, t in zip(events, tiers, strict=True) if t is Tier.CLICKHOUSE]
+        elsewhere: set[str] = set()  # ids the other tier holds
+        if self._far is not None:
+            if near:
+                elsewhere |= await self._far.known([e.schedule_id for e in near])
+            if far:
+                elsewhere |= await self._near.known([e.schedule_id for e in far])
+        near = [e for e in near if e.schedule_id not in elsewhere]
+        far = [e for e in far if e.schedule_id not in elsewhere]
         near_new = iter(await self._near.schedule(near) if near else [])
         far_new = iter(await self._far.insert(far) if far and self._far else [])
-        inserted = [next(near_new) if t is Tier.REDIS else next(far_new) for t in tiers]
+        inserted = [
+            False
+            if e.schedule_id in elsewhere
+            else next(near_new)
+            if t is Tier.REDIS
+            else next(far_new)
+            for e, t in zip(events, tiers, strict=True)
+        ]
         if self._on_scheduled is not None:
             for tier, group in ((Tier.REDIS, near), (Tier.CLICKHOUSE, far)):
                 if group:
@@ -218,9 +235,10 @@ class SchedulerService:
             far_codes = dict(zip(far_at, codes, strict=True))
         items = [(events[i], revisions[i], i in near_at) for i in picked]
         near_codes = dict(zip(picked, await self._near.upsert(items), strict=True))
+        moved: set[str] = set()  # ids whose far version was replaced by a near one
         if self._far is not None:
             if near_at:
-                await self._far.supersede([events[i].schedule_id for i in sorted(near_at)])
+                moved = await self._far.supersede([events[i].schedule_id for i in sorted(near_at)])
             stale = [i for i in far_at if near_codes[i] == 0 and far_codes[i] != 0]
             for i in stale:  # Redis holds this version or a newer one: keep only that
                 await self._far.cancel(events[i].schedule_id)
@@ -229,6 +247,8 @@ class SchedulerService:
             near_code, far_code = near_codes[i], far_codes.get(i)
             if near_code == 0 or far_code == 0:
                 out[i] = Upserted.UNCHANGED
+            elif far_code is None and events[i].schedule_id in moved:
+                out[i] = Upserted.REPLACED
             elif far_code is None or near_code == 4:  # due in Redis, or fired from there
                 out[i] = _NEAR_CODES[near_code]
             elif near_code == 1 and far_code == 1:

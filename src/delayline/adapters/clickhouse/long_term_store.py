@@ -393,15 +393,7 @@ class ClickHouseLongTermStore:
         Two nodes inserting the same new id at the same moment may both write it: the rows
         collapse into one event (the later one wins), so it is still scheduled once.
         """
-        ids = [e.schedule_id for e in events]
-        existing: set[str] = set()
-        for chunk in _chunks(list(dict.fromkeys(ids))):
-            rows = await self._client.query(
-                f"SELECT DISTINCT schedule_id FROM {self._table} "
-                "WHERE schedule_id IN {ids:Array(String)}",
-                {"ids": list(chunk)},
-            )
-            existing.update(str(r[0]) for r in rows)
+        existing = await self.known([e.schedule_id for e in events])
         fresh: list[_Row] = []
         inserted: list[bool] = []
         for event in events:
@@ -412,6 +404,18 @@ class ClickHouseLongTermStore:
                 fresh.append(_Row(event, 1, max(event.scheduled_at, event.updated_at)))
         await self._write(fresh)
         return inserted
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """The ids stored here in any version (a light lookup: no ``FINAL``, no bodies)."""
+        found: set[str] = set()
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            rows = await self._client.query(
+                f"SELECT DISTINCT schedule_id FROM {self._table} "
+                "WHERE schedule_id IN {ids:Array(String)}",
+                {"ids": list(chunk)},
+            )
+            found.update(str(r[0]) for r in rows)
+        return found
 
     async def upsert(self, events: Sequence[ScheduledEvent]) -> list[int]:
         """Make each event the current version of its id, in order, in ONE Arrow insert.
@@ -448,27 +452,20 @@ class ClickHouseLongTermStore:
         await self._write(rows)
         return codes
 
-    async def supersede(self, ids: Sequence[str]) -> int:
+    async def supersede(self, ids: Sequence[str]) -> set[str]:
         """Cancel the pending or queued version of each id that has one (the event now lives
-        in the Redis tier in a newer version); returns how many. One light lookup when none
+        in the Redis tier in a newer version); returns those ids. One light lookup when none
         of the ids is stored here (the common case)."""
-        stored: set[str] = set()
-        for chunk in _chunks(list(dict.fromkeys(ids))):
-            rows = await self._client.query(
-                f"SELECT DISTINCT schedule_id FROM {self._table} "
-                "WHERE schedule_id IN {ids:Array(String)}",
-                {"ids": list(chunk)},
-            )
-            stored.update(str(r[0]) for r in rows)
+        stored = await self.known(ids)
         if not stored:
-            return 0
+            return set()
         now = utc_now()
         live = [row for row in (await self._current(list(stored))).values()
                 if row.event.status in _LIVE]  # fmt: skip
         await self._write(
             [self._next(r, r.event.with_status(EventStatus.CANCELLED, at=now), 2) for r in live]
         )
-        return len(live)
+        return {r.event.schedule_id for r in live}
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:
         """The newest version of the event, with its status; None if not stored."""
