@@ -58,8 +58,9 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 INGRESS_COUNTERS = {
     "consumed": "Messages read from the delayed-events topic.",
-    "scheduled": "Messages stored as new events.",
-    "duplicates": "Messages whose schedule id was already known: nothing changed.",
+    "scheduled": "Messages that scheduled their id (new, or again after a cancel or firing).",
+    "replaced": "Messages that replaced a pending or firing version of their id.",
+    "duplicates": "Messages whose version (or a newer one) was already stored: nothing changed.",
     "cancelled": "Tombstones that cancelled a pending event.",
     "cancel_missed": "Tombstones naming no pending event (unknown, fired or cancelled).",
     "dead_lettered": "Messages sent to the dead-letter topic.",
