@@ -142,6 +142,10 @@ class LongTermStore(Protocol):
         """Mark a pending event cancelled; True if it was pending."""
         ...
 
+    async def cancel_live(self, schedule_id: str) -> EventStatus | None:
+        """Cancel a pending or queued event; the status it had, or None."""
+        ...
+
     async def reschedule(self, schedule_id: str, scheduled_at: datetime) -> bool:
         """Move a pending event to a new due time; True if it was pending."""
         ...

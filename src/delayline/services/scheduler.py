@@ -14,6 +14,7 @@ import orjson
 from delayline.domain.events import (
     DEFAULT_EVENT_RULES,
     EventRules,
+    EventStatus,
     InvalidEventError,
     ScheduledEvent,
     as_utc,
@@ -283,20 +284,24 @@ class SchedulerService:
         return [e.schedule_id for e in events]
 
     async def cancel_event(self, schedule_id: str) -> bool:
-        """Cancel a pending event in either tier; a cancelled event never fires.
+        """Cancel a pending event in either tier; a cancelled event never fires. False when
+        it is not pending: unknown, finished, or being fired (claimed: it is published).
 
         ClickHouse first, then Redis: if the sync is moving the event meanwhile, either the
-        Redis copy is removed here or the sync sees the cancellation when it re-checks.
+        Redis copy is removed here or the sync sees the cancellation when it re-checks. A row
+        the sync marked ``queued`` has its copy in Redis: that copy decides.
         """
-        cancelled = False
-        if self._far is not None:
-            cancelled = await self._far.cancel(schedule_id)
-        return await self._near.cancel(schedule_id) or cancelled
+        was = await self._far.cancel_live(schedule_id) if self._far is not None else None
+        in_redis = await self._near.cancel(schedule_id)
+        return in_redis or was is EventStatus.PENDING
 
     async def reschedule_event(self, schedule_id: str, scheduled_at: datetime | str) -> bool:
-        """Move a pending event to a new time, across tiers when the new time asks for it."""
+        """Move a pending event to a new time, across tiers when the new time asks for it.
+        False when it is not pending: unknown, finished, or being fired (claimed)."""
         when = validate_scheduled_at(scheduled_at)
         event = await self._near.get(schedule_id)
+        if event is not None and event.status is EventStatus.PROCESSING:
+            return False  # being fired: it is published at its time, never moved halfway
         if event is not None and not event.status.is_terminal:
             return await self._reschedule_near(event, when)
         if self._far is None:

@@ -6,8 +6,8 @@ version with ``FINAL`` (schema and measurements: ``migrations``).
 Versions and the sync race (the protocol the scheduler service follows):
 
 * ``insert`` writes version 1.
-* User actions — :meth:`cancel`, :meth:`reschedule`, :meth:`mark_status` — read the current
-  version ``c`` and write ``c + 2``.
+* User actions — :meth:`cancel`, :meth:`reschedule`, :meth:`mark_status`, :meth:`upsert`
+  over an existing id, :meth:`supersede` — read the current version ``c`` and write ``c + 2``.
 * The sync reads pending events with :meth:`due_before`, inserts them into Redis idempotently
   (insert-if-absent by ``schedule_id``), then calls :meth:`mark_queued` with the events it read.
   ``mark_queued`` writes ``queued`` at ``v + 1`` (``v``: the version the sync read) only for
@@ -478,13 +478,18 @@ class ClickHouseLongTermStore:
         A queued event sits in Redis as well: the caller must cancel it there too, after this
         (module docstring), and should do so whatever this returns.
         """
+        return await self.cancel_live(schedule_id) is not None
+
+    async def cancel_live(self, schedule_id: str) -> EventStatus | None:
+        """:meth:`cancel`, answering the status it cancelled (``pending``: the event was only
+        here; ``queued``: whether it is cancelled is decided by its Redis copy), or None."""
         row = (await self._current([schedule_id])).get(schedule_id)
         if row is None or row.event.status not in _LIVE:
-            return False
+            return None
         now = utc_now()
         event = row.event.with_status(EventStatus.CANCELLED, at=now)
         await self._write([self._next(row, event, 2)])
-        return True
+        return row.event.status
 
     async def reschedule(self, schedule_id: str, scheduled_at: datetime) -> bool:
         """Make a pending or queued event pending at ``scheduled_at``; True if it was one.
