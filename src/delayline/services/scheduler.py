@@ -24,6 +24,7 @@ from delayline.domain.events import (
     validate_scheduled_at,
 )
 from delayline.domain.routing import Tier, route
+from delayline.errors import ErrorClass, classify
 from delayline.ports import Clock, LongTermStore, NearTermStore, Upserted
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class SchedulerService:
         elsewhere: set[str] = set()  # ids the other tier holds
         if self._far is not None:
             if near:
-                elsewhere |= await self._far.known([e.schedule_id for e in near])
+                elsewhere |= await self._known_far([e.schedule_id for e in near])
             if far:
                 elsewhere |= await self._near.known([e.schedule_id for e in far])
         near = [e for e in near if e.schedule_id not in elsewhere]
@@ -209,6 +210,18 @@ class SchedulerService:
                     self._on_scheduled(tier, source, len(group))
         return inserted
 
+    async def _known_far(self, ids: Sequence[str]) -> set[str]:
+        """The ids the long-term tier holds; none while it is unavailable, so that near-term
+        scheduling goes on without it (an id stored only there may then be stored twice)."""
+        assert self._far is not None
+        try:
+            return await self._far.known(ids)
+        except Exception as exc:
+            if classify(exc) is not ErrorClass.UNAVAILABLE:
+                raise
+            log.warning("long-term tier unavailable; ids not checked there: %s", exc)
+            return set()
+
     async def upsert_events(
         self, events: Sequence[ScheduledEvent], revisions: Sequence[str], source: str = "api"
     ) -> list[Upserted]:
@@ -223,7 +236,9 @@ class SchedulerService:
 
         Order across tiers: the tier the event goes to is written first, then the other
         tier's older copy is retired, so a failure between the two loses nothing (a retry,
-        or the sync's compare-and-discard, settles it).
+        or the sync's compare-and-discard, settles it). With a long-term tier configured an
+        upsert needs it even for a near event (an older version may wait there): while it is
+        unavailable this raises, and the Kafka consumer pauses until it is back.
         """
         now = self._clock.now()
         last = {e.schedule_id: i for i, e in enumerate(events)}
