@@ -57,6 +57,18 @@ _NEAR_CODES = {
 }
 
 
+def _upserted(near_code: int, far_code: int | None, was_far: bool) -> Upserted:
+    """The outcome of one upsert from the Redis script's code, the ClickHouse code (None: the
+    event is due in Redis) and whether a live ClickHouse version was retired for it."""
+    if near_code == 0 or far_code == 0:
+        return Upserted.UNCHANGED
+    if far_code is None:
+        return Upserted.REPLACED if was_far else _NEAR_CODES[near_code]
+    if near_code == 4:  # fired from Redis, now due in ClickHouse
+        return Upserted.SCHEDULED_AGAIN
+    return Upserted.CREATED if near_code == 1 and far_code == 1 else Upserted.REPLACED
+
+
 def kafka_revision(partition: int, offset: int, timestamp_ms: int | None) -> str:
     """The revision of a version that came from a delayed-topic message: its position. Of two
     messages in one partition, the earlier offset with a timestamp no later is older (a topic
@@ -260,17 +272,8 @@ class SchedulerService:
                 await self._far.cancel(events[i].schedule_id)
         out = [Upserted.REPLACED] * len(events)
         for i in picked:
-            near_code, far_code = near_codes[i], far_codes.get(i)
-            if near_code == 0 or far_code == 0:
-                out[i] = Upserted.UNCHANGED
-            elif far_code is None and events[i].schedule_id in moved:
-                out[i] = Upserted.REPLACED
-            elif far_code is None or near_code == 4:  # due in Redis, or fired from there
-                out[i] = _NEAR_CODES[near_code]
-            elif near_code == 1 and far_code == 1:
-                out[i] = Upserted.CREATED
-            else:
-                out[i] = Upserted.REPLACED
+            was_far = events[i].schedule_id in moved
+            out[i] = _upserted(near_codes[i], far_codes.get(i), was_far)
         for i, event in enumerate(events):  # an earlier version in this call: never stored
             if out[last[event.schedule_id]] is Upserted.UNCHANGED:
                 out[i] = Upserted.UNCHANGED
