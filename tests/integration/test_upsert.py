@@ -208,7 +208,7 @@ async def test_far_versions_replace_each_other_and_a_redelivery_changes_nothing(
     await until(both)
     stored = await env.far.get("K5")
     assert stored is not None
-    assert (stored.body, stored.status) == ("v2", EventStatus.PENDING)
+    assert (stored.body, stored.status) == (b"v2", EventStatus.PENDING)
     assert stored.scheduled_at == datetime.fromtimestamp(int(two.timestamp() * 1000) / 1000, UTC)
     replay = await env.start_consumer(group=f"{env.ingress.group}-replay")
 

@@ -294,7 +294,10 @@ class DelayedEventsConsumer:
     ) -> None:
         if not group:
             return
-        revisions = [kafka_revision(m.partition, m.offset, m.timestamp_ms) for m, _ in group]
+        revisions = [
+            kafka_revision(m.partition, m.offset, m.timestamp_ms, m.key, m.value, m.headers)
+            for m, _ in group
+        ]
         try:
             results = await self._scheduler.upsert_events(
                 [ev for _, ev in group], revisions, source="kafka"

@@ -69,11 +69,22 @@ def _upserted(near_code: int, far_code: int | None, was_far: bool) -> Upserted:
     return Upserted.CREATED if near_code == 1 and far_code == 1 else Upserted.REPLACED
 
 
-def kafka_revision(partition: int, offset: int, timestamp_ms: int | None) -> str:
-    """The revision of a version that came from a delayed-topic message: its position. Of two
-    messages in one partition, the earlier offset with a timestamp no later is older (a topic
-    re-created from offset 0 has later timestamps)."""
-    return f"{partition}:{offset}:{timestamp_ms or 0}"
+def kafka_revision(
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes | None]],
+) -> str:
+    """The revision of a version that came from a delayed-topic message: its position and a
+    hash of its key, value and headers. The same message again (a redelivery, or a producer
+    sending it twice) has the same hash; of two messages in one partition, the earlier offset
+    with a timestamp no later is older (a topic re-created from offset 0 has later ones)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (key, value, *(x for name, data in headers for x in (name.encode(), data))):
+        digest.update(b"-" if part is None else b"%d:" % len(part) + part)
+    return f"{partition}:{offset}:{timestamp_ms or 0}#{digest.hexdigest()}"
 
 
 def content_revision(event: ScheduledEvent) -> str:
