@@ -46,14 +46,16 @@ class FakeNear:
         return out
 
     async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:
-        """Like the Redis script, without tiers or leases: a revision seen before is ignored."""
+        """Like the Redis script, without tiers, leases or positions: a message hash seen
+        before is ignored."""
         await self.schedule([])
         if any(e.body in self.poison for e, _, _ in items):
             raise ValueError("refused")
         codes = []
         for event, revision, _ in items:
             known = self.revisions.get(event.schedule_id)
-            codes.append(0 if known == revision else 2 if event.schedule_id in self.events else 1)
+            same = known is not None and known.partition("#")[2] == revision.partition("#")[2]
+            codes.append(0 if same else 2 if event.schedule_id in self.events else 1)
             self.events[event.schedule_id] = event
             self.revisions[event.schedule_id] = revision
         return codes

@@ -265,29 +265,28 @@ class SchedulerService:
         """
         now = self._clock.now()
         last = {e.schedule_id: i for i, e in enumerate(events)}
-        picked = [i for i, e in enumerate(events) if last[e.schedule_id] == i]
-        near_at = {i for i in picked if self.tier_for(events[i], now) is Tier.REDIS}
-        far_at = [i for i in picked if i not in near_at]
+        near_at = {i for i, e in enumerate(events) if self.tier_for(e, now) is Tier.REDIS}
+        far_at = [i for i in range(len(events)) if i not in near_at]
         far_codes: dict[int, int] = {}
         if far_at and self._far is not None:
             codes = await self._far.upsert([events[i] for i in far_at])
             far_codes = dict(zip(far_at, codes, strict=True))
-        items = [(events[i], revisions[i], i in near_at) for i in picked]
-        near_codes = dict(zip(picked, await self._near.upsert(items), strict=True))
+        items = [(e, revisions[i], i in near_at) for i, e in enumerate(events)]
+        near_codes = await self._near.upsert(items)
         moved: set[str] = set()  # ids whose far version was replaced by a near one
         if self._far is not None:
-            if near_at:
-                moved = await self._far.supersede([events[i].schedule_id for i in sorted(near_at)])
+            ends_near = [
+                events[i].schedule_id for i in sorted(near_at) if last[events[i].schedule_id] == i
+            ]
+            if ends_near:
+                moved = await self._far.supersede(ends_near)
             stale = [i for i in far_at if near_codes[i] == 0 and far_codes[i] != 0]
             for i in stale:  # Redis holds this version or a newer one: keep only that
                 await self._far.cancel(events[i].schedule_id)
-        out = [Upserted.REPLACED] * len(events)
-        for i in picked:
-            was_far = events[i].schedule_id in moved
-            out[i] = _upserted(near_codes[i], far_codes.get(i), was_far)
-        for i, event in enumerate(events):  # an earlier version in this call: never stored
-            if out[last[event.schedule_id]] is Upserted.UNCHANGED:
-                out[i] = Upserted.UNCHANGED
+        out = [
+            _upserted(near_codes[i], far_codes.get(i), e.schedule_id in moved)
+            for i, e in enumerate(events)
+        ]
         if self._on_scheduled is not None:
             for tier, group in ((Tier.REDIS, near_at), (Tier.CLICKHOUSE, set(far_at))):
                 stored = sum(1 for i in group if out[i] is not Upserted.UNCHANGED)
