@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
+from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
 from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import run_migrations
@@ -44,6 +45,7 @@ from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.ingress import DelayedEventsConsumer
+from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
 from delayline.services.scheduler import SchedulerService
 from delayline.services.sync import SyncService
 from delayline.settings import Settings
@@ -139,6 +141,7 @@ class Application:
         self.far: ClickHouseLongTermStore | None = None
         self.sync: SyncService | None = None
         self.analytics: ScheduleAnalyticsService | None = None
+        self.lifecycle: LifecycleService | None = None
         self.consumer: DelayedEventsConsumer | None = None
         self.consumer_source: KafkaDelayedSource | None = None
         self._service: SchedulerService | None = None
@@ -184,6 +187,18 @@ class Application:
         self.near = cast(RedisNearTermStore, Guarded(near, self.breakers["redis"]))
         await self._start_clickhouse()
         assert self.far is not None
+        assert self.clickhouse is not None
+        lifecycle_store = ClickHouseLifecycleStore(self.clickhouse)
+        self.lifecycle = LifecycleService(
+            lifecycle_store,
+            LifecycleRecorder(
+                lifecycle_store,
+                batch_size=s.analytics_batch_size,
+                flush_interval=s.analytics_flush_interval,
+            ),
+        )
+        await self.lifecycle.start()
+        lifecycle = self.lifecycle
         self.sync = SyncService(
             self.near,
             self.far,
@@ -192,6 +207,7 @@ class Application:
             transfer_horizon_seconds=s.transfer_horizon_seconds,
             retention_days=s.execution_history_ttl_days,
             on_run=self.metrics.sync_run,
+            on_moved=lambda events: lifecycle.moved(events, self.clock.now(), s.node_id),
         )
         self._service = SchedulerService(
             self.near,
@@ -203,6 +219,7 @@ class Application:
             far=self.far,
             sync=self.sync,
             on_scheduled=lambda tier, source, n: self.metrics.scheduled(tier.value, source, n),
+            lifecycle=self.lifecycle,
         )
         await self._start_analytics()
         if self.components.dispatcher:
@@ -423,6 +440,7 @@ class Application:
                 node_id=s.node_id,
                 claim_lookahead_seconds=s.claim_lookahead_seconds,
             ),
+            lifecycle=self.lifecycle.recorder if self.lifecycle else None,
         )
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
 
@@ -458,6 +476,8 @@ class Application:
             await self.publisher.stop(self.settings.shutdown_timeout)
         if self.analytics is not None:
             await self.analytics.close()  # flushes the last results
+        if self.lifecycle is not None:
+            await self.lifecycle.close()  # flushes the last transitions
         if self.clickhouse is not None:
             await self.clickhouse.stop()
         if self._redis is not None:

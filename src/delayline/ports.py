@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from delayline.domain.events import EventStatus, ScheduledEvent
-from delayline.domain.outcomes import ExecutionResult
+from delayline.domain.outcomes import Delivery, EventFilter, ExecutionResult, LifecycleEntry
 
 
 class Clock(Protocol):
@@ -77,8 +77,9 @@ class NearTermStore(Protocol):
         """Lease up to ``limit`` events due at ``now_us``, highest priority first per instant."""
         ...
 
-    async def ack(self, token: str, finished: Sequence[Finished]) -> int:
-        """Record final states of events still leased under ``token``; returns how many."""
+    async def ack(self, token: str, finished: Sequence[Finished], now_us: int) -> int:
+        """Record final states (at ``now_us``) of events still leased under ``token``;
+        returns how many."""
         ...
 
     async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
@@ -162,9 +163,9 @@ class LongTermStore(Protocol):
 class EventPublisher(Protocol):
     """Publishes fired events to their Kafka topics."""
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
-        """Publish each event; per event the wall time (epoch s) of the broker's ack, or the
-        error."""
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
+        """Publish each event; per event the broker's delivery report (its wall time, partition
+        and offset), or the error."""
         ...
 
 
@@ -173,6 +174,16 @@ class OutcomeSink(Protocol):
 
     def record(self, result: ExecutionResult) -> None:
         """Take one result (buffered; written later, off the firing path)."""
+        ...
+
+
+class LifecycleSink(Protocol):
+    """Receives every transition of every event; must never block or fail its caller.
+
+    May be called from any thread (the dispatcher may run on its own event loop)."""
+
+    def transition(self, entry: LifecycleEntry) -> None:
+        """Take one transition (buffered; written later, off the firing path)."""
         ...
 
 
@@ -213,6 +224,26 @@ class SchedulerApi(Protocol):
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
         """The event with its status, from whichever tier holds it."""
+        ...
+
+    async def get_history(self, schedule_id: str) -> list[LifecycleEntry]:
+        """Every recorded transition of the event, oldest first."""
+        ...
+
+    async def find_events(
+        self, match: EventFilter, *, after: str = "", limit: int = 100
+    ) -> list[ScheduledEvent]:
+        """Events matching ``match`` in either tier, in id order after the id ``after``."""
+        ...
+
+    async def cancel_by_key(self, correlation_id: str) -> dict[str, int]:
+        """Cancel every pending event with the correlation id; how many per tier."""
+        ...
+
+    async def reschedule_by_key(
+        self, correlation_id: str, scheduled_at: datetime
+    ) -> dict[str, int]:
+        """Move every pending event with the correlation id; how many per tier."""
         ...
 
     async def get_stats(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from delayline.domain.outcomes import Delivery
 from delayline.errors import (
     DependencyUnavailable,
     ErrorClass,
@@ -197,14 +198,14 @@ class GuardedPublisher:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._publisher, name)
 
-    async def publish(self, events: Sequence[Any]) -> list[BaseException | float]:
+    async def publish(self, events: Sequence[Any]) -> list[BaseException | Delivery]:
         """Publish unless the breaker is open; feed it with the delivery outcomes."""
         if not events:
             return []
         if not self.breaker.allow():
             return [DependencyUnavailable(self.breaker.name, "circuit open") for _ in events]
         try:
-            results: list[BaseException | float] = await self._publisher.publish(events)
+            results: list[BaseException | Delivery] = await self._publisher.publish(events)
         except asyncio.CancelledError:
             self.breaker.release()
             raise

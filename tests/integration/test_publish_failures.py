@@ -12,7 +12,7 @@ from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_conf
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, utc_now
-from delayline.domain.outcomes import ExecutionResult, Outcome
+from delayline.domain.outcomes import Delivery, ExecutionResult, Outcome
 from delayline.errors import ErrorClass, PublishError
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from tests.support import eventually_status
@@ -32,7 +32,7 @@ class FlakyPublisher:
     def __init__(self) -> None:
         self.attempts: list[float] = []
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
         self.attempts += [time.monotonic()] * len(events)
         return [PublishError("NOT_LEADER: try again", ErrorClass.TRANSIENT) for _ in events]
 
@@ -125,7 +125,8 @@ async def test_one_publish_call_reports_each_event_in_order(
     refused = outcomes[2]
     assert isinstance(refused, PublishError) and refused.error_class is ErrorClass.PERMANENT
     delivered = [o for i, o in enumerate(outcomes) if i != 2]
-    assert all(isinstance(o, float) and o >= started for o in delivered)
+    assert all(isinstance(o, Delivery) and o.acked_at >= started for o in delivered)
+    assert all(o.partition >= 0 and o.offset >= 0 for o in delivered if isinstance(o, Delivery))
 
 
 class FailsOnce:
@@ -134,11 +135,11 @@ class FailsOnce:
     def __init__(self) -> None:
         self.attempts: list[float] = []
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
         self.attempts += [time.monotonic()] * len(events)
         if len(self.attempts) == 1:
             return [PublishError("NOT_LEADER: try again", ErrorClass.TRANSIENT)]
-        return [time.time() for _ in events]
+        return [Delivery(time.time(), 0, i) for i, _ in enumerate(events)]
 
 
 async def test_a_retry_waits_out_its_backoff_even_when_claimed_ahead(

@@ -16,9 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from delayline.domain.events import ScheduledEvent
+from delayline.domain.outcomes import Delivery
 from delayline.errors import ErrorClass, PublishError
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class KafkaEventPublisher:
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(_resolve_all, ready)
 
-    def _settle(self, pending: _Pending, index: int, outcome: BaseException | float) -> bool:
+    def _settle(self, pending: _Pending, index: int, outcome: BaseException | Delivery) -> bool:
         """Record an outcome known at once; True when it was the call's last."""
         with self._lock:
             pending.outcomes[index] = outcome
@@ -177,12 +178,14 @@ class KafkaEventPublisher:
             return pending.left == 0
 
     def _on_delivery(
-        self, pending: _Pending, index: int, error: KafkaError | None, _msg: object
+        self, pending: _Pending, index: int, error: KafkaError | None, msg: Message
     ) -> None:
         # Runs on the poll thread (or a flushing one); a call's future is resolved once, by
         # the loop, when its last report is in: no future nor loop callback per message.
-        outcome: BaseException | float = (
-            classify_kafka_error(error) if error is not None else time.time()
+        outcome: BaseException | Delivery = (
+            classify_kafka_error(error)
+            if error is not None
+            else Delivery(time.time(), msg.partition() or 0, msg.offset() or 0)
         )
         with self._lock:
             pending.outcomes[index] = outcome
@@ -190,8 +193,9 @@ class KafkaEventPublisher:
             if pending.left == 0:
                 self._ready.append(pending)
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
-        """Publish each event; per event the broker-ack wall time, or the error."""
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
+        """Publish each event; per event its delivery report (wall time, partition, offset),
+        or the error."""
         if self._producer is None:
             raise RuntimeError("publisher not started")
         if not events:
@@ -230,14 +234,18 @@ class KafkaEventPublisher:
         return True
 
 
+_NOT_YET = Delivery(0.0, -1, -1)
+"""A placeholder outcome, replaced by each event's report before the call resolves."""
+
+
 class _Pending:
     """One :meth:`KafkaEventPublisher.publish` call waiting for its delivery reports."""
 
     __slots__ = ("future", "left", "outcomes")
 
-    def __init__(self, future: asyncio.Future[list[BaseException | float]], size: int) -> None:
+    def __init__(self, future: asyncio.Future[list[BaseException | Delivery]], size: int) -> None:
         self.future = future
-        self.outcomes: list[BaseException | float] = [0.0] * size
+        self.outcomes: list[BaseException | Delivery] = [_NOT_YET] * size
         self.left = size
 
 

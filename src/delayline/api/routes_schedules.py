@@ -7,29 +7,36 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, params
+from fastapi import APIRouter, Body, Query, params
 
 from delayline.api.schemas import (
     SCHEDULE_ID_PATTERN,
     ApiError,
     BatchIn,
     BatchResult,
+    ByKeyResult,
     Cancelled,
     ErrorOut,
     EventIn,
     EventOut,
+    EventPage,
+    HistoryOut,
     PutRequest,
     Replaced,
     Rescheduled,
     RescheduleIn,
     ScheduleRequest,
     ScheduleResult,
+    TransitionOut,
+    to_utc,
 )
-from delayline.domain.events import InvalidEventError, ScheduledEvent, utc_now
+from delayline.domain.events import EventStatus, InvalidEventError, ScheduledEvent, utc_now
+from delayline.domain.outcomes import EventFilter
 from delayline.errors import OutcomeUnknown
 from delayline.ports import SchedulerApi
 
 PREFIX = "/api/v1/schedules"
+MAX_PAGE = 1000
 _ID_RE = re.compile(SCHEDULE_ID_PATTERN)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 408, 409, 413, 422, 503, 504, 507)
@@ -47,6 +54,27 @@ def build_event(
         return service.build_event(**fields)
     except InvalidEventError as exc:
         raise ApiError(422, str(exc), field=field_prefix + exc.field) from None
+
+
+def _utc(name: str, value: datetime | None) -> datetime | None:
+    try:
+        return to_utc(value) if value is not None else None
+    except ValueError as exc:
+        raise ApiError(422, f"{name}: {exc}", field=name) from None
+
+
+def _due_time(change: RescheduleIn) -> datetime:
+    if change.delay_seconds is not None:
+        return utc_now() + timedelta(seconds=change.delay_seconds)
+    assert change.scheduled_at is not None  # the model requires one of the two
+    return change.scheduled_at
+
+
+def _by_key(correlation_id: str, counts: dict[str, int]) -> ByKeyResult:
+    redis, clickhouse = counts.get("redis", 0), counts.get("clickhouse", 0)
+    return ByKeyResult(
+        correlation_id=correlation_id, redis=redis, clickhouse=clickhouse, total=redis + clickhouse
+    )
 
 
 def _not_found(schedule_id: str) -> ApiError:
@@ -86,6 +114,55 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
         if isinstance(request, BatchIn):
             return BatchResult(results=results, created=sum(created))
         return results[0]
+
+    @router.get("", summary="Find events by business key, in either tier")
+    async def list_schedules(
+        correlation_id: str | None = None,
+        entity_type: str | None = None,
+        action: str | None = None,
+        topic: str | None = None,
+        status: Annotated[list[EventStatus] | None, Query()] = None,
+        due_after: datetime | None = None,
+        due_before: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        cursor: Annotated[str, Query(max_length=200)] = "",
+    ) -> EventPage:
+        """Matching events in id order, ``limit`` a page; ``next_cursor`` continues. Events
+        appear within a flush interval of being scheduled (see the docs)."""
+        match = EventFilter(
+            correlation_id=correlation_id,
+            entity_type=entity_type,
+            action=action,
+            topic=topic,
+            statuses=frozenset(status or ()),
+            due_after=_utc("due_after", due_after),
+            due_before=_utc("due_before", due_before),
+        )
+        events = await service.find_events(match, after=cursor, limit=limit)
+        page = [EventOut.model_validate(e.to_dict()) for e in events]
+        return EventPage(events=page, next_cursor=page[-1].schedule_id if page else None)
+
+    @router.delete("", summary="Cancel every pending event with a correlation id")
+    async def cancel_by_key(correlation_id: Annotated[str, Query(min_length=1)]) -> ByKeyResult:
+        """Cancel them in both tiers; answers how many in each."""
+        return _by_key(correlation_id, await service.cancel_by_key(correlation_id))
+
+    @router.patch("", summary="Reschedule every pending event with a correlation id")
+    async def reschedule_by_key(
+        correlation_id: Annotated[str, Query(min_length=1)], change: RescheduleIn
+    ) -> ByKeyResult:
+        """Move them to the new due time; answers how many in each tier."""
+        when = _due_time(change)
+        return _by_key(correlation_id, await service.reschedule_by_key(correlation_id, when))
+
+    @router.get("/{schedule_id:path}/history", summary="Every transition of an event")
+    async def get_history(schedule_id: str) -> HistoryOut:
+        """Scheduled, moved, claimed, published, retried, and how it ended; 404 if unknown."""
+        entries = await service.get_history(schedule_id) if _ID_RE.fullmatch(schedule_id) else []
+        if not entries:
+            raise _not_found(schedule_id)
+        transitions = [TransitionOut.model_validate(e.to_dict()) for e in entries]
+        return HistoryOut(schedule_id=schedule_id, transitions=transitions)
 
     @router.get("/{schedule_id:path}", summary="Get a scheduled event and its status")
     async def get_schedule(schedule_id: str) -> EventOut:

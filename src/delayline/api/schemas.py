@@ -246,6 +246,44 @@ class EventOut(BaseModel):
     updated_at: datetime
     attempts: int
     last_error: str | None
+    fired_at: datetime | None = Field(None, description="When the broker acknowledged it")
+    lateness_seconds: float | None = Field(None, description="fired_at minus scheduled_at")
+    kafka_partition: int | None = None
+    kafka_offset: int | None = None
+
+
+class EventPage(BaseModel):
+    """One page of a search; pass ``next_cursor`` as ``cursor`` for the next (null: last)."""
+
+    events: list[EventOut]
+    next_cursor: str | None
+
+
+class TransitionOut(BaseModel):
+    """One step of an event's life."""
+
+    transition: str
+    at: datetime
+    node: str
+    detail: str
+    kafka_partition: int | None = None
+    kafka_offset: int | None = None
+
+
+class HistoryOut(BaseModel):
+    """Every recorded transition of an event, oldest first."""
+
+    schedule_id: str
+    transitions: list[TransitionOut]
+
+
+class ByKeyResult(BaseModel):
+    """How many events a cancel or reschedule by key changed, per tier."""
+
+    correlation_id: str
+    redis: int
+    clickhouse: int
+    total: int
 
 
 class Cancelled(BaseModel):

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 from delayline.domain.events import as_utc
 from delayline.domain.outcomes import ExecutionResult
@@ -34,6 +35,7 @@ from delayline.domain.outcomes import ExecutionResult
 log = logging.getLogger(__name__)
 
 Granularity = Literal["hour", "day"]
+T = TypeVar("T")
 
 BUFFER_BATCHES = 10
 """Default buffer bound, in batches: room for bursts and short outages."""
@@ -72,22 +74,26 @@ class AnalyticsQueries(Protocol):
         ...
 
 
-class AnalyticsRecorder:
-    """Buffers execution results and writes them in batches from a background task.
+class BatchRecorder(Generic[T]):
+    """Buffers items and writes them in batches from a background task.
 
-    Call ``record()`` from the event loop's thread. It never blocks and never raises.
+    ``record()`` may be called from any thread (the dispatcher may run on its own): it appends
+    under a lock, never blocks and never raises. The writer task runs on the loop that called
+    :meth:`start`.
 
-    A write starts as soon as ``batch_size`` results wait (whole batches only) or after
+    A write starts as soon as ``batch_size`` items wait (whole batches only) or after
     ``flush_interval`` (everything). A backlog is written in one insert of up to
-    ``max_insert`` results (default ``BUFFER_BATCHES`` batches). At most ``max_buffered``
-    results wait (default ``BUFFER_BATCHES`` batches); beyond, the oldest are dropped. A failed
-    write keeps its results and is retried after ``retry_initial`` seconds, doubling up to
+    ``max_insert`` items (default ``BUFFER_BATCHES`` batches). At most ``max_buffered``
+    items wait (default ``BUFFER_BATCHES`` batches); beyond, the oldest are dropped. A failed
+    write keeps its items and is retried after ``retry_initial`` seconds, doubling up to
     ``retry_max``; a write taking longer than ``write_timeout`` counts as failed.
     """
 
+    name = "recorder"
+
     def __init__(
         self,
-        writer: ResultWriter,
+        write: Callable[[Sequence[T]], Awaitable[None]],
         *,
         batch_size: int,
         flush_interval: float,
@@ -100,7 +106,7 @@ class AnalyticsRecorder:
     ) -> None:
         if batch_size <= 0 or flush_interval <= 0:
             raise ValueError("batch_size and flush_interval must be positive")
-        self._writer = writer
+        self._write = write
         self._batch_size = batch_size
         self._interval = flush_interval
         self.enabled = enabled
@@ -109,41 +115,57 @@ class AnalyticsRecorder:
         self._retry_max = retry_max
         self._write_timeout = write_timeout
         self._max_insert = max(max_insert or BUFFER_BATCHES * batch_size, batch_size)
-        self._buffer: deque[ExecutionResult] = deque()
+        self._buffer: deque[T] = deque()
+        self._buffer_lock = threading.Lock()  # record() may run on another thread
         self._full = asyncio.Event()  # a whole batch is waiting
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()  # one write at a time keeps the buffer in order
         self._task: asyncio.Task[None] | None = None
         self.written = 0
-        """Results written so far."""
+        """Items written so far."""
         self.dropped = 0
-        """Results dropped: the buffer was full, or the final write at stop failed."""
+        """Items dropped: the buffer was full, or the final write at stop failed."""
         self.failed_writes = 0
         """Batches whose write failed (and were kept for a retry)."""
         self.last_error: BaseException | None = None
 
     @property
     def buffered(self) -> int:
-        """Results waiting to be written."""
+        """Items waiting to be written."""
         return len(self._buffer)
 
-    def record(self, result: ExecutionResult) -> None:
-        """Take one result; it is written within a batch or a flush interval."""
+    def snapshot(self) -> list[T]:
+        """A copy of the items waiting to be written, oldest first."""
+        with self._buffer_lock:
+            return list(self._buffer)
+
+    def record(self, item: T) -> None:
+        """Take one item; it is written within a batch or a flush interval."""
         if not self.enabled:
             return
-        self._buffer.append(result)
-        if len(self._buffer) > self._max_buffered:
-            self._buffer.popleft()
-            self.dropped += 1
-        if len(self._buffer) >= self._batch_size:
-            self._full.set()
+        with self._buffer_lock:
+            self._buffer.append(item)
+            if len(self._buffer) > self._max_buffered:
+                self._buffer.popleft()
+                self.dropped += 1
+            full = len(self._buffer) >= self._batch_size
+        if full and not self._full.is_set():
+            if self._loop is None or threading.get_ident() == self._loop_thread:
+                self._full.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop closed: stop() flushed
+                    self._loop.call_soon_threadsafe(self._full.set)
 
     async def start(self) -> None:
         """Start the background writer (nothing when disabled)."""
         if not self.enabled or self._task is not None:
             return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="analytics-recorder")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         """Stop the writer and write what is left (once; a failure drops it). Idempotent."""
@@ -156,19 +178,20 @@ class AnalyticsRecorder:
         try:
             await self.flush()
         except Exception as exc:
-            log.warning("analytics: %d results lost at stop: %r", len(self._buffer), exc)
-            self.dropped += len(self._buffer)
-            self._buffer.clear()
+            log.warning("%s: %d items lost at stop: %r", self.name, len(self._buffer), exc)
+            with self._buffer_lock:
+                self.dropped += len(self._buffer)
+                self._buffer.clear()
 
     async def flush(self) -> int:
-        """Write everything buffered now; returns how many. On failure the results stay
+        """Write everything buffered now; returns how many. On failure the items stay
         buffered and the error is raised."""
         written = 0
         while self._buffer:
             written += await self._write_batch()
         return written
 
-    async def __aenter__(self) -> AnalyticsRecorder:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -198,12 +221,12 @@ class AnalyticsRecorder:
                     await self._write_batch(whole_batches_only=whole_batches_only)
                 failures = 0
             except Exception as exc:
-                # Not a library retry: the batch stays in the buffer (newer results keep
+                # Not a library retry: the batch stays in the buffer (newer items keep
                 # arriving behind it, the oldest dropped beyond the bound) and is retried
                 # after a growing pause that stop() interrupts.
                 failures += 1
                 pause = min(self._retry_initial * 2 ** (failures - 1), self._retry_max)
-                log.warning("analytics: write failed (%r); retrying in %.1fs", exc, pause)
+                log.warning("%s: write failed (%r); retrying in %.1fs", self.name, exc, pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)
 
@@ -212,12 +235,13 @@ class AnalyticsRecorder:
             # A backlog of several batches goes in one insert (up to ``max_insert``): an
             # insert has a fixed cost (~70-130 ms on chDB with the materialized view, measured)
             # that would otherwise cap the rate at a few batches per second.
-            count = min(len(self._buffer), self._max_insert)
-            if whole_batches_only and count >= self._batch_size:
-                count -= count % self._batch_size
-            batch = [self._buffer.popleft() for _ in range(count)]
+            with self._buffer_lock:
+                count = min(len(self._buffer), self._max_insert)
+                if whole_batches_only and count >= self._batch_size:
+                    count -= count % self._batch_size
+                batch = [self._buffer.popleft() for _ in range(count)]
             try:
-                await asyncio.wait_for(self._writer.write_results(batch), self._write_timeout)
+                await asyncio.wait_for(self._write(batch), self._write_timeout)
             except BaseException as exc:
                 self._restore(batch)
                 if isinstance(exc, Exception):
@@ -227,12 +251,22 @@ class AnalyticsRecorder:
             self.written += count
             return count
 
-    def _restore(self, batch: list[ExecutionResult]) -> None:
+    def _restore(self, batch: list[T]) -> None:
         """Put a failed batch back in front, dropping the oldest beyond the bound."""
-        self._buffer.extendleft(reversed(batch))
-        while len(self._buffer) > self._max_buffered:
-            self._buffer.popleft()
-            self.dropped += 1
+        with self._buffer_lock:
+            self._buffer.extendleft(reversed(batch))
+            while len(self._buffer) > self._max_buffered:
+                self._buffer.popleft()
+                self.dropped += 1
+
+
+class AnalyticsRecorder(BatchRecorder[ExecutionResult]):
+    """The dispatcher's :class:`~delayline.ports.OutcomeSink` for execution results."""
+
+    name = "analytics"
+
+    def __init__(self, writer: ResultWriter, **options: Any) -> None:
+        super().__init__(writer.write_results, **options)
 
 
 class ScheduleAnalyticsService:

@@ -26,9 +26,23 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us, to_epoch_us
-from delayline.domain.outcomes import ExecutionResult, Outcome
+from delayline.domain.outcomes import (
+    Delivery,
+    ExecutionResult,
+    LifecycleEntry,
+    Outcome,
+    Transition,
+)
 from delayline.errors import ErrorClass, backoff_delay, classify
-from delayline.ports import Claim, Clock, EventPublisher, Finished, NearTermStore, OutcomeSink
+from delayline.ports import (
+    Claim,
+    Clock,
+    EventPublisher,
+    Finished,
+    LifecycleSink,
+    NearTermStore,
+    OutcomeSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +75,13 @@ class Dispatcher:
         sink: OutcomeSink,
         clock: Clock,
         config: DispatcherConfig,
+        *,
+        lifecycle: LifecycleSink | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._sink = sink
+        self._lifecycle = lifecycle
         self._clock = clock
         self._config = config
         self._wake = asyncio.Event()
@@ -215,6 +232,8 @@ class Dispatcher:
         to_publish: list[ScheduledEvent] = []
         fire_at: list[int] = []
         scores = claim.fire_at_us or [e.due_us for e in claim.events]
+        for event in claim.events:
+            self._transition(event, Transition.CLAIMED, started_us, claim.token)
         for event, score in zip(claim.events, scores, strict=True):
             late_s = (started_us - event.due_us) / 1e6
             if event.max_delay_seconds and late_s > event.max_delay_seconds:
@@ -232,12 +251,23 @@ class Dispatcher:
         if to_publish:
             results = await self._publish_on_time(to_publish, fire_at, number)
             acked_us = [
-                r if isinstance(r, BaseException) else started_us + int((r - started_wall) * 1e6)
+                r
+                if isinstance(r, BaseException)
+                else started_us + int((r.acked_at - started_wall) * 1e6)
                 for r in results
             ]
+            for event, result, at_us in zip(to_publish, results, acked_us, strict=True):
+                if isinstance(result, Delivery) and isinstance(at_us, int):
+                    self._transition(event, Transition.PUBLISHED, at_us, delivery=result)
             finished += await self._settle(claim.token, to_publish, acked_us, started_us)
         if finished:
             await self._ack(claim.token, finished, started_us)
+            by_id = {e.schedule_id: e for e in claim.events}
+            done_us = self._now_us()
+            for item in finished:
+                self._transition(
+                    by_id[item.schedule_id], _FINAL[item.status], done_us, item.reason or ""
+                )
 
     async def _ack(self, token: str, finished: Sequence[Finished], claimed_us: int) -> None:
         """Acknowledge, retrying while the lease lasts: a lost ack means a duplicate firing."""
@@ -245,7 +275,7 @@ class Dispatcher:
         attempt = 0
         while True:
             try:
-                await self._store.ack(token, finished)
+                await self._store.ack(token, finished, self._now_us())
                 return
             except Exception as exc:
                 attempt += 1
@@ -259,13 +289,13 @@ class Dispatcher:
 
     async def _publish_on_time(
         self, events: Sequence[ScheduledEvent], fire_at: Sequence[int], number: int | None
-    ) -> list[BaseException | float]:
+    ) -> list[BaseException | Delivery]:
         """Publish each event at its ``fire_at`` time (claims may run a little ahead of time).
 
         Events come in claim order (fire time, then priority); each run of due events is handed
         to the producer at once, without waiting for the previous run's delivery reports.
         """
-        sends: list[asyncio.Task[list[BaseException | float]]] = []
+        sends: list[asyncio.Task[list[BaseException | Delivery]]] = []
         start = 0
         while start < len(events):
             wait_us = fire_at[start] - self._now_us()
@@ -282,7 +312,7 @@ class Dispatcher:
             start = end
             if number is not None:
                 await self._mark_handed(number, min(fire_at[start:], default=math.inf))
-        results: list[BaseException | float] = []
+        results: list[BaseException | Delivery] = []
         for chunk in await asyncio.gather(*sends):
             results += chunk
         return results
@@ -315,7 +345,8 @@ class Dispatcher:
                 max(attempts, 1), self._config.retry_backoff_initial, self._config.retry_backoff_max
             )
             again = replace(event, attempts=attempts, last_error=str(result))
-            await self._store.retry(token, again, self._now_us() + int(delay * 1e6))
+            if await self._store.retry(token, again, self._now_us() + int(delay * 1e6)):
+                self._transition(again, Transition.RETRIED, self._now_us(), str(result))
         if unavailable:
             # The broker is down: pause claiming for a backoff instead of spinning on it.
             pause = backoff_delay(1, self._config.retry_backoff_initial, 5.0)
@@ -327,6 +358,32 @@ class Dispatcher:
                 pause,
             )
         return finished
+
+    def _transition(
+        self,
+        event: ScheduledEvent,
+        transition: Transition,
+        at_us: int,
+        detail: str = "",
+        delivery: Delivery | None = None,
+    ) -> None:
+        if self._lifecycle is None:
+            return
+        try:
+            self._lifecycle.transition(
+                LifecycleEntry(
+                    schedule_id=event.schedule_id,
+                    transition=transition,
+                    at=_at(at_us),
+                    event=event,
+                    node=self._config.node_id,
+                    detail=detail,
+                    partition=delivery.partition if delivery else None,
+                    offset=delivery.offset if delivery else None,
+                )
+            )
+        except Exception:  # the sink must never break firing
+            log.exception("recording a lifecycle transition failed")
 
     def _record(
         self,
@@ -351,6 +408,13 @@ class Dispatcher:
             )
         except Exception:  # the sink must never break firing
             log.exception("recording an execution result failed")
+
+
+_FINAL = {
+    EventStatus.COMPLETED: Transition.COMPLETED,
+    EventStatus.FAILED: Transition.FAILED,
+    EventStatus.SKIPPED: Transition.SKIPPED,
+}
 
 
 def _at(epoch_us: int) -> datetime:

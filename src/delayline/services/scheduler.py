@@ -23,9 +23,11 @@ from delayline.domain.events import (
     to_epoch_us,
     validate_scheduled_at,
 )
+from delayline.domain.outcomes import EventFilter, LifecycleEntry, Transition
 from delayline.domain.routing import Tier, route
 from delayline.errors import ErrorClass, classify
 from delayline.ports import Clock, LongTermStore, NearTermStore, Upserted
+from delayline.services.lifecycle import LifecycleService
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class SchedulerService:
         far: LongTermStore | None = None,
         sync: SyncRunner | None = None,
         on_scheduled: ScheduledHook | None = None,
+        lifecycle: LifecycleService | None = None,
     ) -> None:
         self._near = near
         self._far = far
@@ -132,6 +135,7 @@ class SchedulerService:
         self._rules = rules
         self._default_max_delay = default_max_delay_seconds
         self._on_scheduled = on_scheduled
+        self._lifecycle = lifecycle
 
     @property
     def near(self) -> NearTermStore:
@@ -227,6 +231,10 @@ class SchedulerService:
             else next(far_new)
             for e, t in zip(events, tiers, strict=True)
         ]
+        label = _SOURCE_LABELS.get(source, source)
+        for event, new in zip(events, inserted, strict=True):
+            if new:
+                self._transition(event.schedule_id, Transition.SCHEDULED, event, label)
         if self._on_scheduled is not None:
             for tier, group in ((Tier.REDIS, near), (Tier.CLICKHOUSE, far)):
                 if group:
@@ -287,6 +295,11 @@ class SchedulerService:
             _upserted(near_codes[i], far_codes.get(i), e.schedule_id in moved)
             for i, e in enumerate(events)
         ]
+        label = _SOURCE_LABELS.get(source, source)
+        for event, done in zip(events, out, strict=True):
+            if done is not Upserted.UNCHANGED:  # the history's snapshot is this version
+                self._transition(event.schedule_id, Transition.SCHEDULED, event,
+                                 f"{label}; {done.value}")  # fmt: skip
         if self._on_scheduled is not None:
             for tier, group in ((Tier.REDIS, near_at), (Tier.CLICKHOUSE, set(far_at))):
                 stored = sum(1 for i in group if out[i] is not Upserted.UNCHANGED)
@@ -321,12 +334,36 @@ class SchedulerService:
         """
         was = await self._far.cancel_live(schedule_id) if self._far is not None else None
         in_redis = await self._near.cancel(schedule_id)
-        return in_redis or was is EventStatus.PENDING
+        cancelled = in_redis or was is EventStatus.PENDING
+        if cancelled:
+            self._transition(schedule_id, Transition.CANCELLED)
+        return cancelled
+
+    def _transition(
+        self,
+        schedule_id: str,
+        transition: Transition,
+        event: ScheduledEvent | None = None,
+        detail: str = "",
+    ) -> None:
+        if self._lifecycle is not None:
+            entry = LifecycleEntry(schedule_id, transition, self._clock.now(), event, "", detail)
+            self._lifecycle.transition(entry)
 
     async def reschedule_event(self, schedule_id: str, scheduled_at: datetime | str) -> bool:
         """Move a pending event to a new time, across tiers when the new time asks for it.
         False when it is not pending: unknown, finished, or being fired (claimed)."""
         when = validate_scheduled_at(scheduled_at)
+        if not await self._reschedule(schedule_id, when):
+            return False
+        if self._lifecycle is not None:
+            moved = await self._near.get(schedule_id)
+            if (moved is None or not moved.topic) and self._far is not None:
+                moved = await self._far.get(schedule_id)
+            self._transition(schedule_id, Transition.RESCHEDULED, moved)
+        return True
+
+    async def _reschedule(self, schedule_id: str, when: datetime) -> bool:
         event = await self._near.get(schedule_id)
         if event is not None and event.status is EventStatus.PROCESSING:
             return False  # being fired: it is published at its time, never moved halfway
@@ -373,15 +410,77 @@ class SchedulerService:
         return await self._near.cancel(schedule_id)
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
-        """The event and its status from whichever tier holds it."""
-        event = await self._near.get(schedule_id)
-        if event is not None and (event.topic or self._far is None):
-            return event
-        if self._far is not None:
-            stored = await self._far.get(schedule_id)
-            if stored is not None:
-                return stored if event is None else replace(stored, status=event.status)
-        return event
+        """The whole event at any stage: waiting in a tier, or (from its lifecycle history)
+        fired, failed, skipped or cancelled, with when and where it was delivered.
+
+        A tier's own state wins over the history, which may lag by a flush interval when
+        another node made the change.
+        """
+        near = await self._near.get(schedule_id)
+        if near is not None and near.topic:  # pending or claimed in Redis
+            return near
+        far = await self._far.get(schedule_id) if self._far is not None else None
+        if far is not None and far.status is EventStatus.PENDING:
+            return far
+        record = await self._lifecycle.record(schedule_id) if self._lifecycle else None
+        base: ScheduledEvent | None = record or far
+        if base is None:
+            return near  # an outcome Redis remembers, nothing else known (or None)
+        final = near if near is not None else far
+        if final is not None and final.status.is_terminal and not base.status.is_terminal:
+            base = replace(
+                base,
+                status=final.status,
+                updated_at=final.updated_at,
+                last_error=final.last_error or base.last_error,
+            )
+        return base
+
+    async def get_history(self, schedule_id: str) -> list[LifecycleEntry]:
+        """Every recorded transition of the event, oldest first (empty without a history)."""
+        return await self._lifecycle.history(schedule_id) if self._lifecycle else []
+
+    async def find_events(
+        self, match: EventFilter, *, after: str = "", limit: int = 100
+    ) -> list[ScheduledEvent]:
+        """Events matching ``match`` in either tier (from the lifecycle history, so an event
+        shows up within a flush interval of being scheduled), in id order after ``after``."""
+        if self._lifecycle is None:
+            return []
+        ids = await self._lifecycle.find(match, after=after, limit=limit)
+        found = [await self.get_event(schedule_id) for schedule_id in ids]
+        return [event for event in found if event is not None]
+
+    async def cancel_by_key(self, correlation_id: str) -> dict[str, int]:
+        """Cancel every pending event with ``correlation_id``; how many in each tier."""
+        return await self._by_key(correlation_id, None)
+
+    async def reschedule_by_key(
+        self, correlation_id: str, scheduled_at: datetime | str
+    ) -> dict[str, int]:
+        """Move every pending event with ``correlation_id`` to ``scheduled_at``; how many
+        were in each tier before the move."""
+        return await self._by_key(correlation_id, validate_scheduled_at(scheduled_at))
+
+    async def _by_key(self, correlation_id: str, when: datetime | None) -> dict[str, int]:
+        counts = {Tier.REDIS.value: 0, Tier.CLICKHOUSE.value: 0}
+        if self._lifecycle is None:
+            return counts
+        match = EventFilter(correlation_id=correlation_id, statuses=_LIVE_STATUSES)
+        after = ""
+        while ids := await self._lifecycle.find(match, after=after, limit=_BY_KEY_PAGE):
+            after = ids[-1]
+            for schedule_id in ids:
+                near = await self._near.get(schedule_id)
+                tier = Tier.REDIS if near is not None and near.topic else Tier.CLICKHOUSE
+                if when is None:
+                    done = await self.cancel_event(schedule_id)
+                else:
+                    done = await self.reschedule_event(schedule_id, when)
+                counts[tier.value] += done
+            if len(ids) < _BY_KEY_PAGE:
+                break
+        return counts
 
     async def get_stats(self) -> dict[str, Any]:
         """Pending per tier, per-status counts and the next due time in each tier."""
@@ -414,6 +513,12 @@ class SchedulerService:
     async def cleanup_old_schedules(self) -> int:
         """Run the cleanup now; returns how many schedules or keys were removed."""
         return await self._sync.cleanup_once() if self._sync else 0
+
+
+_SOURCE_LABELS = {"api": "python"}
+"""History labels of the ``source`` values that say less than they could."""
+_LIVE_STATUSES = frozenset({EventStatus.PENDING, EventStatus.QUEUED, EventStatus.PROCESSING})
+_BY_KEY_PAGE = 1000
 
 
 def _after(now: datetime, delay: object) -> datetime:

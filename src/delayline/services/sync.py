@@ -86,6 +86,7 @@ class SyncService:
         retention_days: int,
         batch_size: int = 10_000,
         on_run: Callable[[str, float, int], None] | None = None,
+        on_moved: Callable[[Sequence[ScheduledEvent]], None] | None = None,
     ) -> None:
         self._near = near
         self._far = far
@@ -95,6 +96,7 @@ class SyncService:
         self._retention = timedelta(days=retention_days)
         self._batch = batch_size
         self._on_run = on_run or (lambda _result, _seconds, _moved: None)
+        self._on_moved = on_moved
         self._lock = asyncio.Lock()  # one sync at a time within this process
         self.runs = 0
         self.moved_total = 0
@@ -147,6 +149,9 @@ class SyncService:
                 # Cancelled/rescheduled since read: take back the copy written here, and only
                 # that one (a user's reschedule into Redis may have replaced it meanwhile).
                 await self._near.discard(schedule_id, by_id[schedule_id])
+        if self._on_moved is not None:
+            taken_back = set(changed)
+            self._on_moved([e for e in events if e.schedule_id not in taken_back])
         return len(events) - len(changed)
 
     async def _sync_serially(self) -> int:

@@ -36,6 +36,15 @@ existing table, rows written before have ``listed_at = scheduled_at``; ``OPTIMIZ
 leaves one row per event, so no older version of a rescheduled event remains that the rule
 would need, and builds the projection of every part (``MATERIALIZE`` makes sure). Upgrade with
 the old nodes stopped: an old node writing a reschedule meanwhile would bypass the rule.
+
+Migration 3: ``event_lifecycle``, one row per transition of an event (scheduled, moved,
+claimed, published, retried, completed, failed, skipped, cancelled), written in batches off the
+firing path (``services.lifecycle``). Most rows carry a snapshot of the event, so the record of
+an event that fired or was cancelled — its ``event_schedules`` row, if it had one, still reads
+``queued`` — is assembled from here; repeated bodies of one event sit next to each other in
+the sort order ``(schedule_id, at)`` and compress away. A row expires ``ttl_days`` after the
+later of its transition and the event's due time (``retain_from``). The ``by_correlation``
+projection (ids sorted by correlation id) answers look-ups by business key without a scan.
 """
 
 from __future__ import annotations
@@ -96,9 +105,46 @@ _BY_LISTED = [
     "SETTINGS mutations_sync = 2",
 ]
 
+LIFECYCLE_TABLE = "event_lifecycle"
+BY_KEY_PROJECTION = "by_correlation"
+
+_LIFECYCLE = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.{LIFECYCLE_TABLE} (
+    schedule_id String,
+    at DateTime64(6, 'UTC'),
+    transition LowCardinality(String),
+    node LowCardinality(String),
+    detail String,
+    kafka_partition Nullable(Int32),
+    kafka_offset Nullable(Int64),
+    has_snapshot UInt8,
+    topic LowCardinality(String),
+    entity_type LowCardinality(String),
+    action LowCardinality(String),
+    correlation_id String,
+    body String CODEC(ZSTD(1)),
+    headers String CODEC(ZSTD(1)),
+    scheduled_at DateTime64(6, 'UTC'),
+    max_delay_seconds UInt32,
+    priority Int32,
+    created_at DateTime64(6, 'UTC'),
+    attempts UInt32,
+    last_error String,
+    retain_from DateTime64(6, 'UTC'),
+    PROJECTION {BY_KEY_PROJECTION} (
+        SELECT correlation_id, schedule_id ORDER BY correlation_id, schedule_id
+    )
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(at)
+ORDER BY (schedule_id, at)
+TTL toDateTime(retain_from) + INTERVAL {{ttl_days}} DAY
+"""
+
 CORE_MIGRATIONS: list[Migration] = [
     (1, "event_schedules: versioned schedule rows", [_EVENTS.strip()]),
     (2, "event_schedules: listed_at and the by_listed projection for the sync", _BY_LISTED),
+    (3, "event_lifecycle: every transition of every event", [_LIFECYCLE.strip()]),
 ]
 
 
