@@ -1,9 +1,11 @@
-"""A real uvicorn server on a free port, in a background thread, serving ``create_app``.
+"""Served APIs for the HTTP tests, each on a free port in a background thread.
 
-The scheduler behind it is :class:`StoreService`, a test double of ``SchedulerApi`` over the real
-``RedisNearTermStore`` (the lead swaps in ``SchedulerService`` later). The server's store uses its
-own Redis client (its event loop is the server thread's) under the same key prefix as the
-session's ``store`` fixture, so tests can check through ``store`` what the API really wrote.
+``make_api(real_service=True)`` serves the whole :class:`Application` — both tiers (the
+session's Valkey and chDB), the dispatcher firing to the session's Tansu broker and the Kafka
+ingress — under the same Redis key prefix as the ``store`` fixture, so tests can check through
+``store`` what the API really wrote. Without it a real uvicorn serves ``create_app`` over
+:class:`StoreService`, a test double of ``SchedulerApi`` over the real ``RedisNearTermStore``,
+for pure HTTP validation only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -23,14 +26,19 @@ import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from delayline.adapters.embedded import EmbeddedValkey
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
+from delayline.bootstrap import Application
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
+from delayline.domain.outcomes import EventFilter, LifecycleEntry
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi, Upserted
 from delayline.services.scheduler import SchedulerService
+from delayline.settings import load_settings
+
+T = TypeVar("T")
 
 
 class StoreService:
@@ -67,6 +75,22 @@ class StoreService:
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
         return await self.store.get(schedule_id)
+
+    async def get_history(self, schedule_id: str) -> list[LifecycleEntry]:
+        return []
+
+    async def find_events(
+        self, match: EventFilter, *, after: str = "", limit: int = 100
+    ) -> list[ScheduledEvent]:
+        return []
+
+    async def cancel_by_key(self, correlation_id: str) -> dict[str, int]:
+        return {}
+
+    async def reschedule_by_key(
+        self, correlation_id: str, scheduled_at: datetime
+    ) -> dict[str, int]:
+        return {}
 
     async def get_stats(self) -> dict[str, Any]:
         counts = await self.store.counts()
@@ -185,13 +209,66 @@ class ApiServer:
         assert not self._thread.is_alive(), "the API server did not stop"
 
 
+class AppServer:
+    """The whole :class:`Application` on its own event loop in a thread, serving HTTP."""
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.url = f"http://{app.settings.api_host}:{app.settings.api_port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.app.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+        self._ready.set()
+        await self._stop.wait()
+        await self.app.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the application did not start")
+        if self._error is not None:
+            raise RuntimeError("the application did not start") from self._error
+
+    def call(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the application's loop (from a thread that is not that loop's)."""
+        assert self._loop is not None
+
+        async def run() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+
+    async def acall(self, coro: Awaitable[T]) -> T:
+        """:meth:`call` from a test's own event loop."""
+        return await asyncio.to_thread(self.call, coro)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the application did not stop"
+
+
 @dataclass
 class Api:
     """A running API: its URL, a client, and the objects behind it."""
 
-    server: ApiServer
+    server: ApiServer | AppServer
     service: StoreService
     """The double's counters; with ``real_service`` it only holds the store."""
+    application: Application | None
     metrics: Metrics
     health: StaticHealth
     analytics: FakeAnalytics | None
@@ -216,15 +293,50 @@ class ApiFactory(Protocol):
         max_request_bytes: int = 1024 * 1024,
         max_body_bytes: int = 64 * 1024,
         real_service: bool = False,
+        immediate_horizon_seconds: int = 86400,
     ) -> Api: ...
 
 
 @pytest.fixture
 def make_api(
-    valkey: EmbeddedValkey, store: RedisNearTermStore, unique: str
+    valkey: EmbeddedValkey,
+    broker: EmbeddedTansu,
+    clickhouse_dsn: str,
+    clickhouse_root: object,  # the session's engine stays open: the application shares it
+    store: RedisNearTermStore,
+    unique: str,
+    tmp_path: Path,
 ) -> Iterator[ApiFactory]:
     """Factory of running API servers over the same key prefix as ``store``."""
     started: list[Api] = []
+
+    def application(
+        *, api_keys: Sequence[str], open_health: bool, open_metrics: bool, **settings: Any
+    ) -> AppServer:
+        horizon = settings["immediate_horizon_seconds"]
+        config = load_settings(
+            redis_url=valkey.url,
+            redis_key_prefix=f"t-{unique}",
+            kafka_bootstrap_servers=broker.bootstrap_servers,
+            kafka_delayed_topic_name=f"delayed-{unique}",
+            kafka_dead_letter_topic_name=f"delayed-{unique}.dlq",
+            kafka_consumer_group=f"group-{unique}",
+            clickhouse_dsn=clickhouse_dsn,
+            clickhouse_database=f"api_{unique}",
+            data_dir=tmp_path / "app",
+            api_port=free_port(),
+            api_keys=list(api_keys),
+            api_open_health=open_health,
+            api_open_metrics=open_metrics,
+            transfer_horizon_seconds=min(horizon, 3600),
+            clickhouse_sync_interval=min(horizon, 3600) / 4,
+            redis_processing_interval=1,
+            analytics_flush_interval=0.2,
+            **settings,
+        )
+        server = AppServer(Application(config))
+        server.start()
+        return server
 
     def factory(
         *,
@@ -236,6 +348,7 @@ def make_api(
         max_request_bytes: int = 1024 * 1024,
         max_body_bytes: int = 64 * 1024,
         real_service: bool = False,
+        immediate_horizon_seconds: int = 86400,
     ) -> Api:
         client = Redis.from_url(redis_url or valkey.url, socket_connect_timeout=2)
         service = StoreService(
@@ -245,8 +358,28 @@ def make_api(
         metrics = Metrics()
         health = StaticHealth()
         fake_analytics = FakeAnalytics() if analytics else None
+        if real_service and redis_url is None:
+            whole = application(
+                api_keys=api_keys,
+                open_health=open_health,
+                open_metrics=open_metrics,
+                max_body_bytes=max_body_bytes,
+                analytics_enabled=analytics,
+                immediate_horizon_seconds=immediate_horizon_seconds,
+            )
+            api = Api(
+                whole,
+                service,
+                whole.app,
+                whole.app.metrics,
+                health,
+                None,
+                httpx.Client(base_url=whole.url, timeout=10),
+            )
+            started.append(api)
+            return api
         scheduler: SchedulerApi = service
-        if real_service:  # the lead's service, Redis tier only
+        if real_service:  # Redis unreachable: the service over that store alone
             scheduler = SchedulerService(
                 service.store, SystemClock(), max_body_bytes=max_body_bytes
             )
@@ -265,6 +398,7 @@ def make_api(
         api = Api(
             server,
             service,
+            None,
             metrics,
             health,
             fake_analytics,
