@@ -25,6 +25,8 @@ class Fired:
     headers: dict[str, bytes]
     timestamp_ms: int
     read_at: float
+    partition: int = -1
+    offset: int = -1
 
     def header(self, name: str) -> str:
         """A header decoded as UTF-8."""
@@ -72,6 +74,8 @@ class TopicReader:
                     headers=_headers(msg.headers()),
                     timestamp_ms=msg.timestamp()[1],
                     read_at=time.time(),
+                    partition=msg.partition() or 0,
+                    offset=msg.offset() or 0,
                 )
             )
         return self.messages

@@ -140,7 +140,8 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
         )
         events = await service.find_events(match, after=cursor, limit=limit)
         page = [EventOut.model_validate(e.to_dict()) for e in events]
-        return EventPage(events=page, next_cursor=page[-1].schedule_id if page else None)
+        more = len(page) == limit
+        return EventPage(events=page, next_cursor=page[-1].schedule_id if more else None)
 
     @router.delete("", summary="Cancel every pending event with a correlation id")
     async def cancel_by_key(correlation_id: Annotated[str, Query(min_length=1)]) -> ByKeyResult:

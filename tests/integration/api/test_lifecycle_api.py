@@ -1,0 +1,174 @@
+"""Every event's whole life through the served application: the record before and after firing,
+its history, and finding and acting on events by business key, in both tiers.
+
+Real everything: HTTP against the served ``Application``, Valkey, chDB, and the Tansu broker for
+the Kafka ingress and the fired messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from delayline.adapters.embedded import EmbeddedTansu
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.domain.events import utc_now
+from delayline.events_client import EventBus
+from tests.support import Fired, TopicReader
+
+from .conftest import Api, ApiFactory, AppServer
+
+URL = "/api/v1/schedules"
+HORIZON = 8
+"""Immediate horizon of these tests' application: due later than this goes to ClickHouse."""
+NOT_1970 = datetime(2000, 1, 1).astimezone()
+
+
+def _fields(unique: str, schedule_id: str, topic: str, due: datetime) -> dict[str, Any]:
+    return {
+        "schedule_id": schedule_id,
+        "topic": topic,
+        "entity_type": "user",
+        "action": "remind",
+        "body": '{"n":1}',
+        "correlation_id": f"corr-{unique}",
+        "headers": {"origin": "billing"},
+        "priority": 3,
+        "max_delay_seconds": 600,
+        "scheduled_at": due,
+    }
+
+
+async def _schedule(ingress: str, api: Api, broker: EmbeddedTansu, fields: dict[str, Any]) -> None:
+    server = api.server
+    assert isinstance(server, AppServer)
+    if ingress == "http":
+        doc = {**fields, "scheduled_at": fields["scheduled_at"].isoformat()}
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            resp = await client.post(URL, json=doc)
+        assert resp.status_code == 201, resp.text
+    elif ingress == "python":
+        await server.acall(server.app.service.schedule_event(**fields))
+    else:
+        bus = EventBus(broker.bootstrap_servers, server.app.settings.kafka_delayed_topic_name)
+        try:
+            await bus.publish_with_delay(**fields)
+        finally:
+            await bus.close()
+
+
+async def _get(client: httpx.AsyncClient, path: str, **params: Any) -> httpx.Response:
+    return await client.get(f"{URL}/{path}" if path else URL, params=params)
+
+
+async def _until(client: httpx.AsyncClient, path: str, done: Any, timeout: float = 30) -> Any:
+    """GET ``path`` until ``done(doc)`` holds; returns that doc."""
+    deadline = time.monotonic() + timeout
+    doc: Any = None
+    while time.monotonic() < deadline:
+        resp = await _get(client, path)
+        if resp.status_code == 200:
+            doc = resp.json()
+            if done(doc):
+                return doc
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"GET {path} never got there; last: {doc}")
+
+
+def _assert_fields(doc: dict[str, Any], fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        if name == "scheduled_at":
+            assert datetime.fromisoformat(doc[name]) == value, (name, doc)
+        else:
+            assert doc[name] == value, (name, doc)
+    assert doc["attempts"] == 0
+    assert doc["last_error"] is None
+    for name in ("created_at", "updated_at"):
+        assert datetime.fromisoformat(doc[name]) > NOT_1970, (name, doc)
+
+
+@pytest.mark.parametrize("tier", ["redis", "clickhouse"])
+@pytest.mark.parametrize("ingress", ["python", "http", "kafka"])
+async def test_the_whole_record_before_and_after_firing(
+    make_api: ApiFactory,
+    broker: EmbeddedTansu,
+    store: RedisNearTermStore,
+    unique: str,
+    ingress: str,
+    tier: str,
+) -> None:
+    api = make_api(real_service=True, immediate_horizon_seconds=HORIZON)
+    server = api.server
+    assert isinstance(server, AppServer)
+    topic = f"life-{unique}"
+    reader = TopicReader(broker.bootstrap_servers, topic)
+    delay = HORIZON - 3 if tier == "redis" else HORIZON + 6
+    due = (utc_now() + timedelta(seconds=delay)).replace(microsecond=123456)  # within 1 s
+    schedule_id = f"{ingress}-{tier}-{unique}"
+    fields = _fields(unique, schedule_id, topic, due)
+    try:
+        await _schedule(ingress, api, broker, fields)
+        async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+            before = await _until(client, schedule_id, lambda d: True)
+            _assert_fields(before, fields)
+            assert before["status"] == "pending"
+            assert before["fired_at"] is None and before["kafka_offset"] is None
+            in_far = await server.acall(server.app.service.far.get(schedule_id))  # type: ignore[union-attr]
+            assert (in_far is not None) == (tier == "clickhouse")
+
+            fired: list[Fired] = await asyncio.to_thread(reader.read, 1, 30)
+            assert len(fired) == 1
+            message = fired[0]
+            after = await _until(client, schedule_id, lambda d: d["status"] == "completed")
+            _assert_fields(after, fields)
+            fired_at = datetime.fromisoformat(after["fired_at"])
+            assert due <= fired_at < due + timedelta(seconds=30)
+            assert after["lateness_seconds"] == pytest.approx((fired_at - due).total_seconds())
+            assert (after["kafka_partition"], after["kafka_offset"]) == (
+                message.partition,
+                message.offset,
+            )
+            assert datetime.fromisoformat(after["updated_at"]) >= fired_at
+
+            history = await _until(
+                client,
+                f"{schedule_id}/history",
+                lambda d: d["transitions"][-1]["transition"] == "completed",
+            )
+            steps = [t["transition"] for t in history["transitions"]]
+            moved = ["moved"] if tier == "clickhouse" else []
+            assert steps == ["scheduled", *moved, "claimed", "published", "completed"]
+            assert history["transitions"][0]["detail"] == ingress
+            published = history["transitions"][-2]
+            assert published["kafka_offset"] == message.offset
+            node = server.app.settings.node_id
+            assert {t["node"] for t in history["transitions"][-3:]} == {node}
+
+            # The record outlives Redis's memory of the outcome: once the history is written,
+            # drop every key of this store; the record is read from ClickHouse alone.
+            lifecycle = server.app.lifecycle
+            assert lifecycle is not None
+            await _written(server, schedule_id)
+            await store.delete_all()
+            later = (await _get(client, schedule_id)).json()
+            assert later == after
+    finally:
+        reader.close()
+
+
+async def _written(server: AppServer, schedule_id: str) -> None:
+    """Wait until the event's completion is in the ClickHouse table (not only buffered)."""
+    lifecycle = server.app.lifecycle
+    assert lifecycle is not None
+    for _ in range(300):
+        await server.acall(lifecycle.recorder.flush())
+        entries = await server.acall(lifecycle._store.history(schedule_id))
+        if entries and entries[-1].transition.value == "completed":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the history was never written")
