@@ -172,3 +172,81 @@ async def _written(server: AppServer, schedule_id: str) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the history was never written")
+
+
+async def _listed(client: httpx.AsyncClient, count: int, **params: Any) -> list[dict[str, Any]]:
+    """Page through the search (2 a page) until ``count`` events are listed; returns them."""
+    deadline = time.monotonic() + 30
+    while True:
+        events: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            resp = await _get(client, "", limit=2, cursor=cursor, **params)
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+            events += page["events"]
+            if page["next_cursor"] is None:
+                break
+            assert len(page["events"]) == 2
+            cursor = page["next_cursor"]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        await asyncio.sleep(0.1)
+
+
+async def test_find_cancel_and_reschedule_by_key_in_both_tiers(
+    make_api: ApiFactory, unique: str
+) -> None:
+    api = make_api(real_service=True)
+    key = f"order-{unique}"
+    soon = utc_now() + timedelta(hours=1)  # Redis
+    later = utc_now() + timedelta(days=10)  # ClickHouse
+    docs = [
+        {"topic": "a.t", "correlation_id": key, "scheduled_at": soon.isoformat()},
+        {"topic": "b.t", "correlation_id": key, "scheduled_at": soon.isoformat()},
+        {"topic": "a.t", "correlation_id": key, "scheduled_at": later.isoformat()},
+        {"topic": "a.t", "correlation_id": f"other-{unique}", "scheduled_at": soon.isoformat()},
+    ]
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        ids = []
+        for i, doc in enumerate(docs):
+            resp = await client.post(URL, json={**doc, "schedule_id": f"k{i}-{unique}"})
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["schedule_id"])
+
+        listed = await _listed(client, 3, correlation_id=key)
+        assert [e["schedule_id"] for e in listed] == sorted(ids[:3])
+        assert {e["status"] for e in listed} == {"pending"}
+        assert all(e["correlation_id"] == key for e in listed)
+        by_topic = await _listed(client, 2, correlation_id=key, topic="a.t")
+        assert {e["schedule_id"] for e in by_topic} == {ids[0], ids[2]}
+        due_soon = await _listed(
+            client, 2, correlation_id=key, due_before=(soon + timedelta(days=1)).isoformat()
+        )
+        assert {e["schedule_id"] for e in due_soon} == {ids[0], ids[1]}
+
+        moved = await client.patch(
+            URL, params={"correlation_id": key}, json={"scheduled_at": later.isoformat()}
+        )
+        assert moved.status_code == 200, moved.text
+        assert moved.json() == {"correlation_id": key, "redis": 2, "clickhouse": 1, "total": 3}
+        for schedule_id in ids[:3]:
+            doc = (await _get(client, schedule_id)).json()
+            assert datetime.fromisoformat(doc["scheduled_at"]) == later
+
+        cancelled = await client.delete(URL, params={"correlation_id": key})
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json() == {"correlation_id": key, "redis": 0, "clickhouse": 3, "total": 3}
+        for schedule_id in ids[:3]:
+            doc = (await _get(client, schedule_id)).json()
+            assert doc["status"] == "cancelled" and doc["correlation_id"] == key
+            history = (await _get(client, f"{schedule_id}/history")).json()
+            steps = [t["transition"] for t in history["transitions"]]
+            assert steps == ["scheduled", "rescheduled", "cancelled"]
+        other = (await _get(client, ids[3])).json()
+        assert other["status"] == "pending"
+        gone = await _listed(client, 3, correlation_id=key, status="cancelled")
+        assert len(gone) == 3
+        again = await client.delete(URL, params={"correlation_id": key})
+        assert again.json()["total"] == 0
+        assert (await client.delete(URL)).status_code == 422
