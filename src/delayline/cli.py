@@ -180,14 +180,92 @@ def schedule(
 
 @app.command()
 def cancel(
+    schedule_id: Annotated[str | None, typer.Argument(help="The schedule id.")] = None,
+    correlation_id: Annotated[
+        str | None, typer.Option(help="Cancel every pending event with this correlation id.")
+    ] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a pending event, or every pending event with a correlation id."""
+    if (schedule_id is None) == (correlation_id is None):
+        err.print("[red]give a schedule id or --correlation-id (one of the two)[/red]")
+        raise typer.Exit(2)
+    with _api(_settings(), api_url, api_key) as client:
+        if correlation_id is not None:
+            result = _call(
+                client, "DELETE", "/api/v1/schedules", params={"correlation_id": correlation_id}
+            )
+            console.print(
+                f"cancelled {result['total']} "
+                f"(redis {result['redis']}, clickhouse {result['clickhouse']})"
+            )
+            return
+        _call(client, "DELETE", f"/api/v1/schedules/{schedule_id}")
+    console.print(f"cancelled {schedule_id}")
+
+
+@app.command("list")
+def list_events(
+    correlation_id: Annotated[str | None, typer.Option(help="Business key.")] = None,
+    entity_type: Annotated[str | None, typer.Option()] = None,
+    action: Annotated[str | None, typer.Option()] = None,
+    topic: Annotated[str | None, typer.Option()] = None,
+    status: Annotated[list[str] | None, typer.Option(help="Repeat for several.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+) -> None:
+    """List events by business key, in either tier: id, status, due time, topic."""
+    params: dict[str, Any] = {
+        "correlation_id": correlation_id,
+        "entity_type": entity_type,
+        "action": action,
+        "topic": topic,
+        "status": status or None,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    shown = 0
+    cursor = ""
+    with _api(_settings(), api_url, api_key) as client:
+        while shown < limit:
+            page_size = min(1000, limit - shown)
+            page = _call(
+                client,
+                "GET",
+                "/api/v1/schedules",
+                params={**params, "limit": page_size, "cursor": cursor},
+            )
+            for event in page["events"]:
+                print(
+                    f"{event['schedule_id']}\t{event['status']}\t{event['scheduled_at']}\t"
+                    f"{event['topic']}\t{event['correlation_id']}"
+                )
+            shown += len(page["events"])
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+
+
+@app.command()
+def show(
     schedule_id: Annotated[str, typer.Argument(help="The schedule id.")],
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Cancel a pending event."""
+    """Print an event's record and its history (every transition)."""
     with _api(_settings(), api_url, api_key) as client:
-        _call(client, "DELETE", f"/api/v1/schedules/{schedule_id}")
-    console.print(f"cancelled {schedule_id}")
+        event = _call(client, "GET", f"/api/v1/schedules/{schedule_id}")
+        history = client.get(f"/api/v1/schedules/{schedule_id}/history")
+    console.print_json(orjson.dumps(event).decode())
+    transitions = history.json()["transitions"] if history.status_code == 200 else []
+    for step in transitions:
+        where = ""
+        if step.get("kafka_partition") is not None:
+            where = f" partition {step['kafka_partition']} offset {step['kafka_offset']}"
+        detail = f" {step['detail']}" if step["detail"] else ""
+        node = f" on {step['node']}" if step["node"] else ""
+        print(f"{step['at']}  {step['transition']}{node}{detail}{where}")
 
 
 @app.command()

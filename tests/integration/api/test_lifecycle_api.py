@@ -8,6 +8,8 @@ the Kafka ingress and the fired messages.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -250,3 +252,37 @@ async def test_find_cancel_and_reschedule_by_key_in_both_tiers(
         again = await client.delete(URL, params={"correlation_id": key})
         assert again.json()["total"] == 0
         assert (await client.delete(URL)).status_code == 422
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_lists_shows_and_cancels_by_key(make_api: ApiFactory, unique: str) -> None:
+    api = make_api(real_service=True)
+    key = f"cli-{unique}"
+    later = (utc_now() + timedelta(days=3)).isoformat()
+    for i in range(2):
+        doc = {"topic": "t", "correlation_id": key, "scheduled_at": later, "schedule_id": f"c{i}"}
+        assert api.client.post(URL, json=doc).status_code == 201
+    listed: list[str] = []
+    for _ in range(100):  # the search sees an event once its history is written
+        listed = _cli("list", "--correlation-id", key, "--api-url", api.url).splitlines()
+        if len(listed) == 2:
+            break
+        time.sleep(0.1)
+    assert [line.split("\t")[:2] for line in listed] == [["c0", "pending"], ["c1", "pending"]]
+    shown = _cli("show", "c0", "--api-url", api.url)
+    assert '"correlation_id": "' + key + '"' in shown
+    assert "scheduled http" in shown
+    out = _cli("cancel", "--correlation-id", key, "--api-url", api.url)
+    assert "cancelled 2 (redis 0, clickhouse 2)" in out
+    assert "cancelled" in _cli("show", "c1", "--api-url", api.url).splitlines()[-1]
