@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import firing, kafka_ingest, memory, plots, precision, scheduling
+from bench import firing, kafka_ingest, lifecycle, memory, plots, precision, scheduling
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
 from bench.report import peer_ratios, print_table
@@ -43,6 +43,7 @@ FULL: dict[str, Any] = {
     "precision": {"rate": 2000, "duration": 60.0, "variants": True},
     "memory": {"n": 200_000, "n_rss": 1_000_000},
     "longterm": {"n_insert": 1_000_000, "n_total": 10_000_000, "n_due": 100_000},
+    "lifecycle": {"n_total": 10_000_000, "n_key": 100, "repeat": 5},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -53,6 +54,7 @@ QUICK: dict[str, Any] = {
     "precision": {"rate": 300, "duration": 3.0, "variants": False},
     "memory": {"n": 5_000, "n_rss": 10_000},
     "longterm": {"n_insert": 5_000, "n_total": 20_000, "n_due": 1_000},
+    "lifecycle": {"n_total": 20_000, "n_key": 10, "repeat": 3},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -104,6 +106,7 @@ def _scenario_runners(
         "precision": lambda: precision.run(url, boot, **p),
         "memory": lambda: memory.run(url, srv.valkey.pid, m["n"], m["n_rss"]),
         "longterm": longterm,
+        "lifecycle": lambda: lifecycle.run(url, chdb_dsn, **sizes["lifecycle"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }
