@@ -36,6 +36,10 @@ class LifecycleStore(Protocol):
         """One event's stored transitions, oldest first."""
         ...
 
+    async def histories(self, ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
+        """The stored transitions of each of ``ids``, oldest first."""
+        ...
+
     async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
         """Ids of matching events in id order after ``after``, at most ``limit``."""
         ...
@@ -87,6 +91,23 @@ class LifecycleService:
     async def record(self, schedule_id: str) -> EventRecord | None:
         """The event as its history adds up (None if nothing with its fields was recorded)."""
         return fold_history(await self.history(schedule_id))
+
+    async def records(self, ids: Sequence[str]) -> dict[str, EventRecord]:
+        """The record of each of ``ids`` that has a history (one read for all)."""
+        wanted = set(ids)
+        waiting = [e for e in self.recorder.snapshot() if e.schedule_id in wanted]
+        stored = await self._store.histories(ids)
+        out: dict[str, EventRecord] = {}
+        for schedule_id in ids:
+            entries = stored.get(schedule_id, [])
+            seen = {_identity(e) for e in entries}
+            entries += [
+                e for e in waiting if e.schedule_id == schedule_id and _identity(e) not in seen
+            ]
+            record = fold_history(entries)
+            if record is not None:
+                out[schedule_id] = record
+        return out
 
     async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
         """Ids of events matching ``match`` (written transitions only), in id order."""

@@ -448,8 +448,24 @@ class SchedulerService:
         if self._lifecycle is None:
             return []
         ids = await self._lifecycle.find(match, after=after, limit=limit)
-        found = [await self.get_event(schedule_id) for schedule_id in ids]
-        return [event for event in found if event is not None]
+        records = await self._lifecycle.records(ids)
+        found: list[ScheduledEvent] = []
+        for schedule_id in ids:
+            record = records.get(schedule_id)
+            if record is None:
+                continue
+            if record.status.is_terminal:
+                found.append(record)
+                continue
+            # Waiting: Redis knows best whether it is claimed (or just ended on another node).
+            near = await self._near.get(schedule_id)
+            if near is not None and near.topic:
+                found.append(near)
+            elif near is not None and near.status.is_terminal:
+                found.append(replace(record, status=near.status, updated_at=near.updated_at))
+            else:
+                found.append(record)
+        return found
 
     async def cancel_by_key(self, correlation_id: str) -> dict[str, int]:
         """Cancel every pending event with ``correlation_id``; how many in each tier."""
