@@ -77,7 +77,7 @@ class NearTermStore(Protocol):
         """Lease up to ``limit`` events due at ``now_us``, highest priority first per instant."""
         ...
 
-    async def ack(self, token: str, finished: Sequence[Finished], now_us: int) -> int:
+    async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
         """Record final states (at ``now_us``) of events still leased under ``token``;
         returns how many."""
         ...

@@ -216,8 +216,10 @@ class RedisNearTermStore:
             fire_at.append(int(float(flat[i + 1])))
         return Claim(token=token, events=events, next_due_us=next_due, fire_at_us=fire_at)
 
-    async def ack(self, token: str, finished: Sequence[Finished], now_us: int = 0) -> int:
-        """Final states for events still leased under ``token``; others are left alone."""
+    async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None = None) -> int:
+        """Final states (remembered as of ``now_us``, default now) for events still leased
+        under ``token``; others are left alone."""
+        now_us = _now_us() if now_us is None else now_us
         groups: dict[tuple[str, str], list[str]] = {}
         for item in finished:
             groups.setdefault((item.status.value, item.reason or ""), []).append(item.schedule_id)
@@ -254,8 +256,9 @@ class RedisNearTermStore:
         )
         return bool(done)
 
-    async def cancel(self, schedule_id: str, now_us: int = 0) -> bool:
+    async def cancel(self, schedule_id: str, now_us: int | None = None) -> bool:
         """Cancel a pending event; an event already leased is firing and is not recalled."""
+        now_us = _now_us() if now_us is None else now_us
         done = await self._run(
             "cancel",
             [
@@ -400,6 +403,10 @@ class RedisNearTermStore:
             await self._redis.delete(key)
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 def _with_due(event: ScheduledEvent, due_us: int) -> ScheduledEvent:
     return replace(event, scheduled_at=from_epoch_us(due_us))
 
@@ -415,6 +422,8 @@ async def _zscan_ids(client: Redis, key: str, count: int) -> AsyncIterator[list[
 
 
 def _finished_stub(schedule_id: str, result: bytes) -> ScheduledEvent:
+    """What Redis remembers of a finished event: its status, when and why (no payload: the
+    record comes from the lifecycle history; the topic stays empty to say so)."""
     status, at_us, _revision, reason = result.decode().split("|", 3)
     at = from_epoch_us(int(at_us or 0))
     return ScheduledEvent(
