@@ -34,7 +34,7 @@ def test_a_fired_event_folds_into_its_full_record() -> None:
     )
     assert record is not None
     assert record.status is EventStatus.COMPLETED
-    assert (record.topic, record.body, record.correlation_id) == ("t", "b", "k")
+    assert (record.topic, record.body, record.correlation_id) == ("t", b"b", "k")
     assert record.fired_at == T0 + timedelta(seconds=0.25)
     assert record.lateness_seconds == 0.25
     assert (record.kafka_partition, record.kafka_offset) == (2, 41)

@@ -52,6 +52,8 @@ _COLUMNS = (
     "toUnixTimestamp64Micro(scheduled_at), max_delay_seconds, priority, "
     "toUnixTimestamp64Micro(created_at), attempts, last_error"
 )
+_BODY_AS_BYTES = {"body": "bytes"}
+"""Bodies are opaque bytes: read them as such, not decoded as UTF-8."""
 _TERMINAL_TRANSITIONS = sorted(t.value for t, s in TRANSITION_STATUS.items() if s.is_terminal)
 _STATUS_OF = "transform({t}, {{names:Array(String)}}, {{statuses:Array(String)}}, '')"
 _FOLDED = (
@@ -72,7 +74,11 @@ class _Client(Protocol):
     database: str
 
     async def query(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        column_formats: Mapping[str, str] | None = None,
     ) -> Sequence[Sequence[Any]]: ...
 
     async def insert_arrow(self, table: str, data: pa.Table) -> None: ...
@@ -101,6 +107,7 @@ class ClickHouseLifecycleStore:
         rows = await self._client.query(
             f"SELECT {_COLUMNS} FROM {self._table} WHERE schedule_id = {{id:String}} ORDER BY at",
             {"id": schedule_id},
+            column_formats=_BODY_AS_BYTES,
         )
         return [_decode(row) for row in rows]
 
@@ -113,6 +120,7 @@ class ClickHouseLifecycleStore:
             f"SELECT {_COLUMNS} FROM {self._table} WHERE schedule_id IN {{ids:Array(String)}} "
             "ORDER BY schedule_id, at",
             {"ids": list(ids)},
+            column_formats=_BODY_AS_BYTES,
         )
         for row in rows:
             entry = _decode(row)
@@ -151,10 +159,6 @@ class ClickHouseLifecycleStore:
         return [str(row[0]) for row in rows]
 
 
-def _body_bytes(body: str | bytes) -> bytes:
-    return body if isinstance(body, bytes) else body.encode()
-
-
 def to_arrow(entries: Sequence[LifecycleEntry]) -> pa.Table:
     """The ``event_lifecycle`` rows of ``entries`` (an entry without a snapshot: zero values)."""
     cols: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
@@ -172,7 +176,7 @@ def to_arrow(entries: Sequence[LifecycleEntry]) -> pa.Table:
         cols["entity_type"].append(event.entity_type if event else "")
         cols["action"].append(event.action if event else "")
         cols["correlation_id"].append(event.correlation_id if event else "")
-        cols["body"].append(_body_bytes(event.body) if event else b"")
+        cols["body"].append(event.body if event else b"")
         cols["headers"].append(orjson.dumps(dict(event.headers)).decode() if event else "")
         cols["scheduled_at"].append(event.scheduled_at if event else entry.at)
         cols["max_delay_seconds"].append(event.max_delay_seconds if event else 0)
@@ -188,13 +192,12 @@ def _decode(row: Sequence[Any]) -> LifecycleEntry:
     transition = Transition(row[2])
     event = None
     if row[7]:
-        body = row[12]
         event = ScheduledEvent(
             schedule_id=row[0],
             topic=row[8],
             entity_type=row[9],
             action=row[10],
-            body=body.decode() if isinstance(body, bytes) else body,
+            body=row[12],
             correlation_id=row[11],
             headers=orjson.loads(row[13]) if row[13] else {},
             scheduled_at=from_epoch_us(int(row[14])),
