@@ -56,7 +56,7 @@ class Transition(StrEnum):
     SCHEDULED = "scheduled"  # detail: the source (python, http, kafka)
     RESCHEDULED = "rescheduled"
     MOVED = "moved"  # by the sync, from ClickHouse into Redis
-    CLAIMED = "claimed"  # detail: the lease token
+    CLAIMED = "claimed"  # detail: the lease (the start of its token)
     PUBLISHED = "published"  # with the Kafka partition and offset
     RETRIED = "retried"  # detail: the error
     COMPLETED = "completed"

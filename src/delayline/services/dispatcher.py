@@ -232,8 +232,9 @@ class Dispatcher:
         to_publish: list[ScheduledEvent] = []
         fire_at: list[int] = []
         scores = claim.fire_at_us or [e.due_us for e in claim.events]
+        lease = f"lease {claim.token[:8]}"  # names the claim; too short to ack with
         for event in claim.events:
-            self._transition(event, Transition.CLAIMED, started_us, claim.token)
+            self._transition(event, Transition.CLAIMED, started_us, lease)
         for event, score in zip(claim.events, scores, strict=True):
             late_s = (started_us - event.due_us) / 1e6
             if event.max_delay_seconds and late_s > event.max_delay_seconds:
