@@ -147,6 +147,10 @@ class LongTermStore(Protocol):
         """Cancel a pending or queued event; the status it had, or None."""
         ...
 
+    async def cancel_many(self, ids: Sequence[str]) -> dict[str, EventStatus]:
+        """:meth:`cancel_live` for many events at once: the status each cancelled one had."""
+        ...
+
     async def reschedule(self, schedule_id: str, scheduled_at: datetime) -> bool:
         """Move a pending event to a new due time; True if it was pending."""
         ...

@@ -486,16 +486,29 @@ class SchedulerService:
         after = ""
         while ids := await self._lifecycle.find(match, after=after, limit=_BY_KEY_PAGE):
             after = ids[-1]
-            for schedule_id in ids:
-                near = await self._near.get(schedule_id)
-                tier = Tier.REDIS if near is not None and near.topic else Tier.CLICKHOUSE
-                if when is None:
-                    done = await self.cancel_event(schedule_id)
-                else:
-                    done = await self.reschedule_event(schedule_id, when)
-                counts[tier.value] += done
+            if when is None:
+                for tier, n in (await self._cancel_many(ids)).items():
+                    counts[tier.value] += n
+            else:
+                for schedule_id in ids:
+                    near = await self._near.get(schedule_id)
+                    tier = Tier.REDIS if near is not None and near.topic else Tier.CLICKHOUSE
+                    counts[tier.value] += await self.reschedule_event(schedule_id, when)
             if len(ids) < _BY_KEY_PAGE:
                 break
+        return counts
+
+    async def _cancel_many(self, ids: Sequence[str]) -> dict[Tier, int]:
+        """:meth:`cancel_event` for many: ClickHouse first in one write (as for one event),
+        then Redis. An event that was in Redis (queued there by the sync, too) counts there;
+        a queued one whose Redis copy is being fired is not cancelled (it is published)."""
+        was = await self._far.cancel_many(ids) if self._far is not None else {}
+        counts = {Tier.REDIS: 0, Tier.CLICKHOUSE: 0}
+        for schedule_id in ids:
+            in_near = await self._near.cancel(schedule_id)
+            if in_near or was.get(schedule_id) is EventStatus.PENDING:
+                counts[Tier.REDIS if in_near else Tier.CLICKHOUSE] += 1
+                self._transition(schedule_id, Transition.CANCELLED)
         return counts
 
     async def get_stats(self) -> dict[str, Any]:
