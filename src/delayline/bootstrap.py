@@ -190,7 +190,8 @@ class Application:
         assert self.clickhouse is not None
         lifecycle_store = ClickHouseLifecycleStore(self.clickhouse)
         self.lifecycle = LifecycleService(
-            lifecycle_store,
+            # reads answer 503 while ClickHouse is down; writes wait in the recorder's buffer
+            cast(ClickHouseLifecycleStore, Guarded(lifecycle_store, self.breakers["clickhouse"])),
             LifecycleRecorder(
                 lifecycle_store,
                 batch_size=s.analytics_batch_size,
