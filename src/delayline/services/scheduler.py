@@ -297,9 +297,11 @@ class SchedulerService:
         ]
         label = _SOURCE_LABELS.get(source, source)
         for event, done in zip(events, out, strict=True):
-            if done is not Upserted.UNCHANGED:  # the history's snapshot is this version
-                self._transition(event.schedule_id, Transition.SCHEDULED, event,
-                                 f"{label}; {done.value}")  # fmt: skip
+            if done is Upserted.UNCHANGED:
+                continue
+            # The history's snapshot is this version; the detail says how it came.
+            how = label if done is Upserted.CREATED else f"{label}; {done.value}"
+            self._transition(event.schedule_id, Transition.SCHEDULED, event, how)
         if self._on_scheduled is not None:
             for tier, group in ((Tier.REDIS, near_at), (Tier.CLICKHOUSE, set(far_at))):
                 stored = sum(1 for i in group if out[i] is not Upserted.UNCHANGED)
