@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import firing, kafka_ingest, lifecycle, memory, plots, precision, scheduling
+from bench import firing, flood, kafka_ingest, lifecycle, memory, plots, precision, scheduling
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
 from bench.report import peer_ratios, print_table
@@ -44,6 +44,7 @@ FULL: dict[str, Any] = {
     "memory": {"n": 200_000, "n_rss": 1_000_000},
     "longterm": {"n_insert": 1_000_000, "n_total": 10_000_000, "n_due": 100_000},
     "lifecycle": {"n_total": 10_000_000, "n_key": 100, "repeat": 5},
+    "flood": {"rate": 200, "duration": 20.0, "clients": 8},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -55,6 +56,7 @@ QUICK: dict[str, Any] = {
     "memory": {"n": 5_000, "n_rss": 10_000},
     "longterm": {"n_insert": 5_000, "n_total": 20_000, "n_due": 1_000},
     "lifecycle": {"n_total": 20_000, "n_key": 10, "repeat": 3},
+    "flood": {"rate": 100, "duration": 3.0, "clients": 2},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -107,6 +109,7 @@ def _scenario_runners(
         "memory": lambda: memory.run(url, srv.valkey.pid, m["n"], m["n_rss"]),
         "longterm": longterm,
         "lifecycle": lambda: lifecycle.run(url, chdb_dsn, **sizes["lifecycle"]),
+        "flood": lambda: flood.run(url, boot, chdb_dsn, **sizes["flood"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }

@@ -217,6 +217,18 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "> 1: Delayline better",
             )
         )
+    flood = res.get("flood", {})
+    for layout, phases in flood.get("layouts", {}).items():
+        for phase in ("rest", "flood"):
+            r = phases[phase]
+            out.append(
+                (
+                    f"6 lateness {flood['rate']:g}/s, dispatcher {layout}, {phase}",
+                    f"p50 {_ms(r['p50_ms'])} p99 {_ms(r['p99_ms'])}",
+                    "flood ≈ rest" if layout == "thread" else "",
+                    f"max {_ms(r['p100_ms'])}; fired {r['fired']:,}/{r['events']:,}",
+                )
+            )
     lt = res.get("longterm", {})
     if "insert_events_per_s" in lt:
         out.append(

@@ -18,10 +18,6 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from redis.asyncio import Redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
@@ -29,7 +25,7 @@ from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleSto
 from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import run_migrations
-from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, write_private
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
@@ -38,17 +34,17 @@ from delayline.api.server import ApiServer, build_api_server
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
 from delayline.domain.routing import Tier
+from delayline.firing_runtime import FiringThread, LoopSink, redis_client
 from delayline.health import DependencyHealth, MetricsSink, Probe
 from delayline.metrics import Metrics
 from delayline.ports import Clock, OutcomeSink
-from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
+from delayline.resilience import CircuitBreaker, Guarded
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
-from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
 from delayline.services.scheduler import SchedulerService
 from delayline.services.sync import SyncService
-from delayline.settings import Settings
+from delayline.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +118,7 @@ class Application:
         # Probes are cheap: retry at most every few seconds, so recovery is quick.
         self.breakers = {
             name: CircuitBreaker(name, max_reset_timeout=5.0, on_change=self._breaker_changed)
-            for name in ("redis", "clickhouse", "kafka_producer", "kafka_consumer")
+            for name in ("redis", "redis_firing", "clickhouse", "kafka_producer", "kafka_consumer")
         }
         for name in self.breakers:
             self.metrics.set_breaker_state(name, "closed")
@@ -136,7 +132,7 @@ class Application:
         self.bootstrap_servers = ""
         self.publisher: KafkaEventPublisher | None = None
         self.near: RedisNearTermStore | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.firing: FiringThread | None = None
         self.clickhouse: ClickHouseClient | None = None
         self.far: ClickHouseLongTermStore | None = None
         self.sync: SyncService | None = None
@@ -248,13 +244,11 @@ class Application:
             self.redis_url = await asyncio.to_thread(self._valkey.start)
         else:
             self.redis_url = s.redis_url.get_secret_value()
-        # A connection that died with a restarted server fails once per pooled connection:
-        # retry on a fresh one rather than lose, say, a whole batch's acknowledgement.
-        self._redis = Redis.from_url(
+        # The API, ingress and sync share this pool; the firing path has its own.
+        self._redis = redis_client(
             self.redis_url,
-            health_check_interval=10,
-            retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            max_connections=s.redis_max_connections,
+            pool_timeout=s.redis_pool_timeout,
         )
         await self._redis.ping()
 
@@ -340,8 +334,9 @@ class Application:
             return await self.clickhouse.query("SELECT 1")
 
         async def kafka_ok() -> object:
-            assert self.publisher is not None
-            return await self.publisher.ping(timeout=1.5)
+            publisher = self.firing.publisher if self.firing is not None else self.publisher
+            assert publisher is not None
+            return await publisher.ping(timeout=1.5)
 
         async def ingress_ok() -> object:
             stats = self.consumer.stats if self.consumer is not None else None
@@ -369,6 +364,13 @@ class Application:
 
     async def _start_api(self) -> None:
         s = self.settings
+        if not s.api_keys and not is_loopback(s.api_host):
+            log.warning(
+                "SECURITY: the HTTP API on %s serves everyone on the network WITHOUT "
+                "AUTHENTICATION (SCHEDULES_API_ALLOW_UNAUTHENTICATED=true); set "
+                "SCHEDULES_API_KEYS to require a key",
+                s.api_host,
+            )
         analytics = self.analytics if s.analytics_enabled else None
         self.api_server = build_api_server(
             s, self.service, analytics=analytics, health=self.health(), metrics=self.metrics
@@ -394,8 +396,8 @@ class Application:
                     far_counts = await self.far.counts()
                     self.metrics.set_pending(Tier.CLICKHOUSE.value, far_counts["pending"])
                     far_due = started + far_count_interval(time.monotonic() - started)
-                if self.dispatcher is not None:
-                    self.metrics.set_claims_in_flight(self.dispatcher.claims_in_flight)
+                if self.firing is not None and self.firing.dispatcher is not None:
+                    self.metrics.set_claims_in_flight(self.firing.dispatcher.claims_in_flight)
                 lag = self.consumer_source.lag if self.consumer_source is not None else None
                 if lag is not None:
                     self.metrics.set_consumer_lag(lag)
@@ -411,7 +413,9 @@ class Application:
             self.bootstrap_servers = await asyncio.to_thread(self._tansu.start)
         else:
             self.bootstrap_servers = s.kafka_bootstrap_servers
-        self.publisher = KafkaEventPublisher(
+        if self.components.dispatcher:
+            return  # the firing thread has the producer
+        self.publisher = KafkaEventPublisher(  # for the health check only
             producer_config(
                 self.bootstrap_servers,
                 linger_ms=s.kafka_linger_ms,
@@ -422,36 +426,26 @@ class Application:
         await self.publisher.start()
 
     async def _start_dispatcher(self) -> None:
-        s = self.settings
-        assert self.near is not None
-        assert self.publisher is not None
-        self.dispatcher = Dispatcher(
-            self.near,
-            GuardedPublisher(self.publisher, self.breakers["kafka_producer"]),
-            self.sink,
-            self.clock,
-            DispatcherConfig(
-                max_sleep_seconds=s.redis_processing_interval,
-                claim_batch_size=s.claim_batch_size,
-                max_inflight_batches=s.max_inflight_batches,
-                lease_seconds=s.lease_seconds,
-                max_publish_attempts=s.max_publish_attempts,
-                retry_backoff_initial=s.retry_backoff_initial,
-                retry_backoff_max=s.retry_backoff_max,
-                node_id=s.node_id,
-                claim_lookahead_seconds=s.claim_lookahead_seconds,
-            ),
+        self.firing = FiringThread(
+            self.settings,
+            redis_url=self.redis_url,
+            bootstrap_servers=self.bootstrap_servers,
+            sink=LoopSink(self.sink, asyncio.get_running_loop()),
+            clock=self.clock,
+            redis_breaker=self.breakers["redis_firing"],
+            producer_breaker=self.breakers["kafka_producer"],
             lifecycle=self.lifecycle.recorder if self.lifecycle else None,
         )
-        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        await self.firing.start()
 
     def _write_runtime_file(self) -> None:
-        """Tell the CLI in another terminal where the embedded servers are (no secrets)."""
+        """Tell the CLI in another terminal where the embedded servers are: no secret, and
+        readable by this user only. The embedded Valkey's password is in its own 0600 file."""
         info: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
         if self._valkey is not None:
-            info["redis_url"] = self.redis_url
-        path = self.settings.data_dir / RUNTIME_FILE
-        path.write_text(json.dumps(info))
+            info["redis_url"] = self._valkey.address
+            info["redis_password_file"] = str(self._valkey.password_file)
+        write_private(self.settings.data_dir / RUNTIME_FILE, json.dumps(info))
 
     async def stop(self) -> None:
         """Drain: stop claiming, finish claimed batches, flush, then stop embedded servers."""
@@ -461,8 +455,11 @@ class Application:
         self._stopping.set()
         if self.api_server is not None:
             self.api_server.should_exit = True
-        if self.dispatcher is not None:
-            self.dispatcher.stop()
+        firing_stopped = (
+            asyncio.create_task(self.firing.stop(self.settings.shutdown_timeout))
+            if self.firing is not None
+            else None
+        )
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout)
             for task in pending:
@@ -471,6 +468,8 @@ class Application:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("task %s failed", task.get_name(), exc_info=task.exception())
             self._tasks.clear()
+        if firing_stopped is not None:
+            await firing_stopped  # claimed batches finished, acknowledged and flushed
         if self.consumer is not None:
             await self.consumer.stop()  # commits what is stored
         if self.publisher is not None:

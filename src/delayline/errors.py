@@ -13,6 +13,9 @@ Two kinds of unavailability say more than "not stored": :class:`StorageFull` (a 
 persist: disk full, Valkey ``MISCONF``, chDB ``NOT_ENOUGH_SPACE``) and :class:`OutcomeUnknown`
 (a write was sent but its answer never came: it may be stored). :func:`unavailable` builds the
 right one from the underlying error.
+
+A connection pool that stays full past its wait bound is back-pressure, not an outage: it
+raises :class:`DependencyBusy`, retried like ``UNAVAILABLE`` but never counted by a breaker.
 """
 
 from __future__ import annotations
@@ -95,6 +98,28 @@ def unavailable(dependency: str, exc: BaseException) -> DependencyUnavailable:
     if is_outcome_unknown(exc):
         return OutcomeUnknown(dependency, detail)
     return DependencyUnavailable(dependency, detail)
+
+
+class DependencyBusy(DependencyUnavailable):
+    """Every pooled connection stayed in use past the pool's wait bound: the dependency may be
+    healthy, only saturated. Answered like an outage (retry later) but it never opens a breaker.
+    """
+
+
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` says a Redis connection pool had no free connection (rather than that
+    Redis failed): redis-py's ``MaxConnectionsError``, or a blocking pool's wait that timed out.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import MaxConnectionsError
+
+    if isinstance(exc, MaxConnectionsError | DependencyBusy):
+        return True
+    return (
+        isinstance(exc, RedisConnectionError)
+        and isinstance(exc.__cause__, TimeoutError)
+        and str(exc) == "No connection available."
+    )
 
 
 class PublishError(Exception):

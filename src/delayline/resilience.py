@@ -9,6 +9,9 @@ A breaker per dependency (Redis, ClickHouse, Kafka producer, Kafka consumer):
 - **half-open** after ``reset_timeout``: up to ``half_open_max_calls`` probes go through;
   ``success_threshold`` successes close it (gradual recovery), one failure opens it again
   with a doubled timeout (up to ``max_reset_timeout``).
+
+A full connection pool (:func:`delayline.errors.is_pool_exhausted`) is neither a success nor a
+failure: the call fails with :class:`DependencyBusy` and the breaker's counts stay as they were.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Any, TypeVar
 
 from delayline.domain.outcomes import Delivery
 from delayline.errors import (
+    DependencyBusy,
     DependencyUnavailable,
     ErrorClass,
     StorageFull,
     classify,
+    is_pool_exhausted,
     unavailable,
 )
 
@@ -141,6 +146,9 @@ class CircuitBreaker:
             raise DependencyUnavailable(self.name, "circuit open")
         try:
             result = await fn(*args, **kwargs)
+        except DependencyBusy:
+            self.release()
+            raise
         except DependencyUnavailable:
             self.record_failure()
             raise
@@ -148,6 +156,9 @@ class CircuitBreaker:
             self.release()
             raise
         except Exception as exc:
+            if is_pool_exhausted(exc):
+                self.release()
+                raise DependencyBusy(self.name, "every connection is in use") from exc
             if classify(exc) is ErrorClass.UNAVAILABLE:
                 error = unavailable(self.name, exc)
                 if isinstance(error, StorageFull):

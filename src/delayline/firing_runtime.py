@@ -1,0 +1,199 @@
+"""The firing path in a thread of its own: its own event loop, Redis client, breakers and Kafka
+producer, so no amount of API or ingress work on the main loop can delay a due event.
+
+Execution results cross back to the main loop through :class:`LoopSink`, so the sinks behind
+it (metrics, the analytics recorder) only ever run on the loop that owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from typing import cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.domain.outcomes import ExecutionResult
+from delayline.ports import Clock, LifecycleSink, OutcomeSink
+from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
+from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from delayline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 30.0
+
+
+def redis_client(url: str, *, max_connections: int, pool_timeout: float) -> Redis:
+    """A Redis client whose pool waits up to ``pool_timeout`` for a free connection when all
+    ``max_connections`` are in use (back-pressure), instead of failing at once.
+
+    A connection that died with a restarted server fails once per pooled connection: commands
+    are retried on a fresh one rather than lose, say, a whole batch's acknowledgement.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        health_check_interval=10,
+        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return Redis.from_pool(pool)  # closing the client closes its pool
+
+
+def firing_pool_size(max_inflight_batches: int) -> int:
+    """Connections the firing path can use at once: a claim and an ack or retry per in-flight
+    batch, the reaper, and the wake-up subscription."""
+    return 2 * max_inflight_batches + 2
+
+
+class LoopSink:
+    """An :class:`OutcomeSink` callable from any thread: results are buffered and handed, a
+    batch per loop turn, to ``sink`` on ``loop`` (the loop that owns ``sink``)."""
+
+    def __init__(self, sink: OutcomeSink, loop: asyncio.AbstractEventLoop) -> None:
+        self._sink = sink
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._buffer: list[ExecutionResult] = []
+
+    def record(self, result: ExecutionResult) -> None:
+        """Buffer ``result``; the first of a batch schedules the hand-over."""
+        with self._lock:
+            self._buffer.append(result)
+            if len(self._buffer) > 1:
+                return
+        with contextlib.suppress(RuntimeError):  # the main loop is closed: shutting down
+            self._loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        for result in batch:
+            self._sink.record(result)
+
+
+class FiringThread:
+    """Runs the :class:`Dispatcher` (claims, wake-ups, reaper, publishing) on its own loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str,
+        bootstrap_servers: str,
+        sink: OutcomeSink,
+        clock: Clock,
+        redis_breaker: CircuitBreaker,
+        producer_breaker: CircuitBreaker,
+        lifecycle: LifecycleSink | None = None,
+    ) -> None:
+        self._settings = settings
+        self._lifecycle = lifecycle
+        self._redis_url = redis_url
+        self._bootstrap_servers = bootstrap_servers
+        self._sink = sink
+        self._clock = clock
+        self._redis_breaker = redis_breaker
+        self._producer_breaker = producer_breaker
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.publisher: KafkaEventPublisher | None = None
+
+    async def start(self) -> None:
+        """Start the thread; returns once it fires (raises what stopped it from starting)."""
+        self._thread = threading.Thread(target=self._main, name="delayline-firing", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait, START_TIMEOUT_SECONDS)
+        if self._error is not None:
+            raise RuntimeError(f"the firing thread failed to start: {self._error}") from (
+                self._error
+            )
+        if not self._ready.is_set():
+            raise RuntimeError("the firing thread did not start in time")
+
+    async def stop(self, timeout: float) -> None:
+        """Drain: stop claiming, finish claimed batches, flush the producer, end the thread."""
+        loop, dispatcher, thread = self._loop, self.dispatcher, self._thread
+        if loop is not None and dispatcher is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                loop.call_soon_threadsafe(dispatcher.stop)
+        if thread is not None:
+            await asyncio.to_thread(thread.join, timeout + 5)
+            if thread.is_alive():
+                log.error("the firing thread did not finish within %.0f s", timeout + 5)
+        await asyncio.sleep(0)  # the last results handed over reach their sinks
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # reported to start(), or logged once running
+            if not self._ready.is_set():
+                self._error = exc
+                self._ready.set()
+            else:
+                log.exception("the firing thread failed")
+
+    async def _run(self) -> None:
+        s = self._settings
+        self._loop = asyncio.get_running_loop()
+        client = redis_client(
+            self._redis_url,
+            max_connections=firing_pool_size(s.max_inflight_batches),
+            pool_timeout=s.redis_pool_timeout,
+        )
+        publisher = KafkaEventPublisher(
+            producer_config(
+                self._bootstrap_servers,
+                linger_ms=s.kafka_linger_ms,
+                lease_seconds=s.lease_seconds,
+                extra=s.resolved_kafka_client_options,
+            )
+        )
+        try:
+            await client.ping()
+            await publisher.start()
+            self.publisher = publisher
+            near = RedisNearTermStore(
+                client, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
+            )
+            self.dispatcher = Dispatcher(
+                cast(RedisNearTermStore, Guarded(near, self._redis_breaker)),
+                GuardedPublisher(publisher, self._producer_breaker),
+                self._sink,
+                self._clock,
+                dispatcher_config(s),
+                lifecycle=self._lifecycle,
+            )
+            self._ready.set()
+            await self.dispatcher.run()
+        finally:
+            await publisher.stop(s.shutdown_timeout)
+            await client.aclose()
+
+
+def dispatcher_config(s: Settings) -> DispatcherConfig:
+    """The dispatcher's tunables from the settings."""
+    return DispatcherConfig(
+        max_sleep_seconds=s.redis_processing_interval,
+        claim_batch_size=s.claim_batch_size,
+        max_inflight_batches=s.max_inflight_batches,
+        lease_seconds=s.lease_seconds,
+        max_publish_attempts=s.max_publish_attempts,
+        retry_backoff_initial=s.retry_backoff_initial,
+        retry_backoff_max=s.retry_backoff_max,
+        node_id=s.node_id,
+        claim_lookahead_seconds=s.claim_lookahead_seconds,
+    )
