@@ -7,27 +7,34 @@ sink. Phase ``rest``: nothing else happens. Phase ``flood``: a separate process 
 ``clients`` unauthenticated ~13 MB JSON bodies and ``clients`` authenticated ~2 MB JSON bodies
 (over the body limit) in flight against the API.
 
-Two layouts, each measured at rest and under the flood: ``thread`` (the product: the dispatcher
-in its own event-loop thread) and ``main_loop`` (the dispatcher on the API's event loop).
+Three layouts, each measured at rest and under the flood: ``thread`` (the product: the
+dispatcher in its own event-loop thread), ``main_loop`` (the dispatcher on the API's event loop)
+and ``process`` (the dispatcher in a separate process, results sent back over a queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
+import os
+import signal
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import CollectingSink, Result, body_300, percentiles
+from bench.common import Result, body_300, percentiles
 from bench.common import redis_client as make_client
 from delayline.adapters.embedded import free_port
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.bootstrap import Application, Components
 from delayline.domain.events import ScheduledEvent, utc_now
+from delayline.domain.outcomes import ExecutionResult
 from delayline.firing_runtime import dispatcher_config
 from delayline.resilience import GuardedPublisher
 from delayline.services.dispatcher import Dispatcher
@@ -67,6 +74,52 @@ def _flood(base: str, clients: int, stop_at: float, counts: Any) -> None:
     asyncio.run(main())
 
 
+class _Lateness:
+    """Lateness figures arriving from an outcome sink, in this process or over a queue."""
+
+    def __init__(self) -> None:
+        self.lateness_s: list[float] = []
+
+    def record(self, result: ExecutionResult) -> None:
+        self.lateness_s.append(result.delay_seconds)
+
+    async def wait_for(self, n: int, timeout: float) -> bool:
+        """Poll (figures may come from another thread) until ``n`` arrived or time is up."""
+        for _ in range(int(timeout / 0.05)):
+            if len(self.lateness_s) >= n:
+                break
+            await asyncio.sleep(0.05)
+        return len(self.lateness_s) >= n
+
+
+class _QueueSink:
+    """In the dispatcher's process: sends each lateness to the benchmark over a queue."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def record(self, result: ExecutionResult) -> None:
+        self._queue.put(result.delay_seconds)
+
+
+def _dispatcher_process(settings: dict[str, Any], queue: Any) -> None:
+    """A separate process: an Application with only the dispatcher, until SIGTERM."""
+
+    async def main() -> None:
+        app = Application(
+            load_settings(**settings),
+            components=Components(api=False, consumer=False, sync=False),
+        )
+        app.sink.add(_QueueSink(queue))
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with app:
+            queue.put(None)  # started: the benchmark may begin
+            await stop.wait()
+
+    asyncio.run(main())
+
+
 async def _schedule_phase(
     store: RedisNearTermStore, app: Application, topic: str, rate: float, duration: float
 ) -> tuple[list[ScheduledEvent], float]:
@@ -88,7 +141,7 @@ async def _schedule_phase(
 async def _phase(
     app: Application,
     store: RedisNearTermStore,
-    sink: CollectingSink,
+    sink: _Lateness,
     topic: str,
     sizes: dict[str, Any],
     flood: bool,
@@ -123,49 +176,90 @@ async def _phase(
 
 
 async def _layout(
-    servers: tuple[str, str, str], workdir: Path, sizes: dict[str, Any], *, thread: bool
+    servers: tuple[str, str, str], workdir: Path, sizes: dict[str, Any], *, layout: str
 ) -> Result:
     redis_url, bootstrap, chdb_dsn = servers
     unique = uuid.uuid4().hex[:8]
+    common: dict[str, Any] = {
+        "redis_url": redis_url,
+        "redis_key_prefix": f"flood-{unique}",
+        "kafka_bootstrap_servers": bootstrap,
+        "api_keys": [API_KEY],
+        "analytics_enabled": False,
+    }
     settings = load_settings(
-        redis_url=redis_url,
-        redis_key_prefix=f"flood-{unique}",
-        kafka_bootstrap_servers=bootstrap,
+        **common,
         clickhouse_dsn=chdb_dsn,  # one chDB folder per process: the suite's
         clickhouse_database=f"flood_{unique}",
         data_dir=workdir / f"flood-{unique}",
         api_port=free_port(),
-        api_keys=[API_KEY],
-        analytics_enabled=False,
     )
     app = Application(
-        settings, components=Components(dispatcher=thread, consumer=False, sync=False)
+        settings,
+        components=Components(dispatcher=layout == "thread", consumer=False, sync=False),
     )
-    sink = CollectingSink()
+    sink = _Lateness()
     app.sink.add(sink)
     await app.start()
     client = make_client(redis_url)
     store = RedisNearTermStore(client, prefix=settings.redis_key_prefix)
-    main_loop_dispatcher = None
-    task = None
-    if not thread:  # the dispatcher shares the API's loop, Redis pool and producer
+    stop_dispatcher: Callable[[], Awaitable[None]] | None = None
+    if layout == "main_loop":  # the dispatcher shares the API's loop, Redis pool and producer
         assert app.near is not None and app.publisher is not None
-        main_loop_dispatcher = Dispatcher(
+        dispatcher = Dispatcher(
             app.near,
             GuardedPublisher(app.publisher, app.breakers["kafka_producer"]),
             app.sink,
             app.clock,
             dispatcher_config(settings),
         )
-        task = asyncio.create_task(main_loop_dispatcher.run())
+        task = asyncio.create_task(dispatcher.run())
+
+        async def stop_main_loop() -> None:
+            dispatcher.stop()
+            await task
+
+        stop_dispatcher = stop_main_loop
+    elif layout == "process":
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(
+            target=_dispatcher_process,
+            args=({**common, "data_dir": workdir / f"flood-{unique}-dispatcher"}, queue),
+        )
+        proc.start()
+        reading, started = threading.Event(), threading.Event()
+        reading.set()
+
+        def read_queue() -> None:
+            while reading.is_set():
+                with contextlib.suppress(Exception):
+                    late = queue.get(timeout=0.2)
+                    if late is None:
+                        started.set()
+                    else:
+                        sink.lateness_s.append(late)
+
+        reader = threading.Thread(target=read_queue, daemon=True)
+        reader.start()
+        if not await asyncio.to_thread(started.wait, 120):
+            raise RuntimeError("the dispatcher process did not start")
+
+        async def stop_process() -> None:
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGTERM)
+            await asyncio.to_thread(proc.join, 60)
+            reading.clear()
+            await asyncio.to_thread(reader.join, 5)
+
+        stop_dispatcher = stop_process
     try:
         topic = f"flood-{unique}"
         rest = await _phase(app, store, sink, topic, sizes, flood=False)
         flooded = await _phase(app, store, sink, topic, sizes, flood=True)
     finally:
-        if main_loop_dispatcher is not None and task is not None:
-            main_loop_dispatcher.stop()
-            await task
+        if stop_dispatcher is not None:
+            await stop_dispatcher()
         await store.delete_all()
         await client.aclose()
         await app.stop()
@@ -181,8 +275,8 @@ async def run(
     with tempfile.TemporaryDirectory(prefix="delayline-flood-") as tmp:
         work = Path(tmp)
         layouts = {
-            "thread": await _layout(servers, work, sizes, thread=True),
-            "main_loop": await _layout(servers, work, sizes, thread=False),
+            name: await _layout(servers, work, sizes, layout=name)
+            for name in ("thread", "process", "main_loop")
         }
     ours = layouts["thread"]
     return {
