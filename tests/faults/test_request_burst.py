@@ -45,9 +45,15 @@ def test_a_thousand_concurrent_posts_are_stored_and_firing_goes_on(
     make_service: Callable[[dict[str, str]], ServiceProcess],
     reliability_rows: list[Row],
 ) -> None:
-    # A wait bound a loaded 2-core test machine cannot reach: waiting is what is tested here.
+    # A wait bound a loaded 2-core test machine cannot reach (waiting is what is tested here),
+    # and room for the burst beside the API's own connection cap.
     env = service_env(
-        tmp_path, make_valkey("everysec"), own_broker, run_id, SCHEDULES_REDIS_POOL_TIMEOUT="60"
+        tmp_path,
+        make_valkey("everysec"),
+        own_broker,
+        run_id,
+        SCHEDULES_REDIS_POOL_TIMEOUT="60",
+        SCHEDULES_API_MAX_CONNECTIONS=str(2 * BURST),
     )
     service = make_service(env)
     topic = f"burst-{run_id}"
