@@ -249,6 +249,7 @@ class Application:
             self.redis_url,
             max_connections=s.redis_max_connections,
             pool_timeout=s.redis_pool_timeout,
+            command_timeout=s.redis_command_timeout,
         )
         await self._redis.ping()
 

@@ -32,9 +32,18 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30.0
 
 
-def redis_client(url: str, *, max_connections: int, pool_timeout: float) -> Redis:
+def redis_client(
+    url: str,
+    *,
+    max_connections: int,
+    pool_timeout: float,
+    command_timeout: float | None = None,
+) -> Redis:
     """A Redis client whose pool waits up to ``pool_timeout`` for a free connection when all
     ``max_connections`` are in use (back-pressure), instead of failing at once.
+
+    ``command_timeout`` bounds the wait for each answer (None: no bound, as the wake-up
+    subscription needs); a command that timed out may still have run (outcome unknown).
 
     A connection that died with a restarted server fails once per pooled connection: commands
     are retried on a fresh one rather than lose, say, a whole batch's acknowledgement.
@@ -43,6 +52,7 @@ def redis_client(url: str, *, max_connections: int, pool_timeout: float) -> Redi
         url,
         max_connections=max_connections,
         timeout=pool_timeout,
+        socket_timeout=command_timeout,
         health_check_interval=10,
         retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     """Connections the API and ingress share; a request finding all in use waits for one."""
     redis_pool_timeout: float = Field(5.0, gt=0)
     """The longest a request waits for a free connection before a 503 ``redis is busy``."""
+    redis_command_timeout: float = Field(5.0, gt=0)
+    """The longest an API or ingress command waits for Redis's answer; past it the outcome is
+    unknown (HTTP 504: retry with the same schedule_id). The firing path has no such limit."""
     clickhouse_dsn: SecretStr | None = None
     """Unset: ``chdb:///<data_dir>/clickhouse`` (the engine in-process)."""
     clickhouse_database: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

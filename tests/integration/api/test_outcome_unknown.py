@@ -14,15 +14,17 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from delayline.adapters.embedded import EmbeddedValkey, free_port
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
+from delayline.bootstrap import Application
 from delayline.clock import SystemClock
 from delayline.metrics import Metrics
 from delayline.resilience import CircuitBreaker, Guarded
 from delayline.services.scheduler import SchedulerService
+from delayline.settings import load_settings
 
-from .conftest import ApiServer, StaticHealth
+from .conftest import ApiServer, AppServer, StaticHealth
 
 SCHEDULES = "/api/v1/schedules"
 
@@ -88,3 +90,55 @@ def test_an_unreachable_store_is_503_not_stored(stallable: tuple[EmbeddedValkey,
         answer = client.post(SCHEDULES, json={"topic": "t", "delay_seconds": 60})
     assert answer.status_code == 503, answer.text
     assert "schedule_ids" not in answer.json()
+
+
+def test_the_served_application_answers_504_while_valkey_stalls(
+    tmp_path: Path,
+    broker: EmbeddedTansu,
+    clickhouse_dsn: str,
+    clickhouse_root: object,  # the session's engine stays open: the application shares it
+    unique: str,
+) -> None:
+    """The whole service at its settings (only the command timeout shortened): a write that
+    reached a stalled Valkey is answered 504 with its id, not held until Valkey resumes."""
+    valkey = EmbeddedValkey(tmp_path / "valkey", port=free_port())
+    valkey.start()
+    settings = load_settings(
+        redis_url=valkey.url,
+        redis_key_prefix=f"t-{unique}",
+        redis_command_timeout=0.5,
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_delayed_topic_name=f"delayed-{unique}",
+        kafka_dead_letter_topic_name=f"delayed-{unique}.dlq",
+        kafka_consumer_group=f"group-{unique}",
+        clickhouse_dsn=clickhouse_dsn,
+        clickhouse_database=f"stall_{unique}",
+        data_dir=tmp_path / "app",
+        api_port=free_port(),
+    )
+    server = AppServer(Application(settings))
+    server.start()
+    pid = valkey.pid
+    assert pid is not None
+    event = {"topic": f"stalled-{unique}", "delay_seconds": 3, "body": "b"}
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post(SCHEDULES, json=event).status_code == 201
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                answer = client.post(SCHEDULES, json=event)  # before: held until SIGCONT
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert answer.status_code == 504, answer.text
+            [sid] = answer.json()["schedule_ids"]
+            deadline = time.monotonic() + 20
+            while (
+                retry := client.post(SCHEDULES, json={**event, "schedule_id": sid})
+            ).status_code != 201:
+                assert time.monotonic() < deadline, retry.text
+                time.sleep(0.2)
+            assert client.get(f"{SCHEDULES}/{sid}").status_code == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.stop()
+        valkey.stop()
