@@ -149,7 +149,7 @@ class KafkaDelayedSource:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": session_timeout_ms,
-            # Tansu answers a waiting fetch only at its deadline (DESIGN.md): keep it short.
+            # A broker may answer a waiting fetch only at its deadline (Tansu does): keep it short.
             "fetch.wait.max.ms": fetch_wait_max_ms,
             # No transactions here, and Tansu does not honour read_committed anyway.
             "isolation.level": "read_uncommitted",

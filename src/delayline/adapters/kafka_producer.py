@@ -1,6 +1,6 @@
 """Publishing fired events with confluent-kafka's sync ``Producer`` and one poll thread.
 
-``AIOProducer`` cannot send headers (DESIGN.md), so one thread polls for delivery reports and
+confluent-kafka's ``AIOProducer`` cannot send headers, so one thread polls for delivery reports and
 hands them, a batch per poll, to the event loop that awaits them: one future per ``publish``
 call, resolved when its last report is in.
 """

@@ -1,4 +1,4 @@
-"""The analytics tables: execution results, hourly aggregates and the spec's metrics view.
+"""The analytics tables: execution results, hourly aggregates and the metrics view.
 
 ``ANALYTICS_MIGRATIONS`` is applied by the migration runner (``migrations.py``) after the
 scheduling tables. Each entry is ``(version, name, statements)``; every statement is formatted
@@ -6,16 +6,16 @@ with ``str.format(db=…, ttl_days=…)`` before it runs, so it must contain no 
 
 Why this shape:
 
-* ``schedule_execution_results`` has exactly the spec's columns. Rows expire after
+* ``schedule_execution_results`` has one row per execution (the columns the analytics API
+  documents). Rows expire after
   ``EXECUTION_HISTORY_TTL_DAYS``; partitions are per day and ``ttl_only_drop_parts`` lets the
   TTL drop whole day-parts instead of rewriting them.
-* The spec declares ``schedule_performance_metrics`` as a SummingMergeTree, which cannot sum
-  percentiles. Instead a materialized view feeds ``schedule_performance_metrics_hourly``, an
+* A SummingMergeTree cannot sum percentiles, so a materialized view feeds ``schedule_performance_metrics_hourly``, an
   AggregatingMergeTree holding aggregate *states* per hour and (entity_type, action, topic):
   counts, averages and ``quantilesState(0.5, 0.95, 0.99)`` of the lateness. Any time range is
   answered by merging the states over that range (``quantilesMerge``), so a daily or weekly p99
   is a true p99 of the executions, never an average of hourly percentiles.
-* ``schedule_performance_metrics`` is a plain view with the spec's name and columns, merging the
+* ``schedule_performance_metrics`` is a plain view with the documented name and columns, merging the
   states per hour. The hourly table keeps one year.
 * ``quantiles`` (reservoir sampling, 8192 values per state) rather than ``quantilesTDigest`` or
   ``quantilesExact``: exact (linear interpolation, like numpy's default) while a merged group

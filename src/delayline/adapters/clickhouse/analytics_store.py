@@ -138,7 +138,7 @@ class ClickHouseAnalyticsStore:
         """Metrics per hour or per UTC day and (entity_type, action, topic), oldest first.
 
         Hours whose start is in ``[start rounded down to the hour, end)`` are included. Each
-        row has the spec's columns (``hour`` is ``None`` by day) plus ``period_start``.
+        row has the documented columns (``hour`` is ``None`` by day) plus ``period_start``.
         """
         if granularity not in ("hour", "day"):
             raise ValueError(f"granularity must be 'hour' or 'day', not {granularity!r}")

@@ -5,7 +5,7 @@
 chDB session serializes its queries anyway, so every blocking call runs on ONE dedicated
 executor thread: the event loop never blocks, and calls keep their order.
 
-chDB facts that shape this (DESIGN.md): one process may own a data folder, and one process can
+chDB facts that shape this: one process may own a data folder, and one process can
 open only one folder, ever; closing the last connection shuts the engine down. So the
 connection is opened once by :meth:`ClickHouseClient.start` and kept until :meth:`stop`.
 """
