@@ -7,11 +7,11 @@ with ``str.format(db=…, ttl_days=…)`` before it runs, so it must contain no 
 Why this shape:
 
 * ``schedule_execution_results`` has one row per execution (the columns the analytics API
-  documents). Rows expire after
-  ``EXECUTION_HISTORY_TTL_DAYS``; partitions are per day and ``ttl_only_drop_parts`` lets the
-  TTL drop whole day-parts instead of rewriting them.
-* A SummingMergeTree cannot sum percentiles, so a materialized view feeds ``schedule_performance_metrics_hourly``, an
-  AggregatingMergeTree holding aggregate *states* per hour and (entity_type, action, topic):
+  documents). Rows expire after ``EXECUTION_HISTORY_TTL_DAYS``; partitions are per day and
+  ``ttl_only_drop_parts`` lets the TTL drop whole day-parts instead of rewriting them.
+* A SummingMergeTree cannot sum percentiles, so a materialized view feeds
+  ``schedule_performance_metrics_hourly``, an AggregatingMergeTree holding aggregate *states*
+  per hour and (entity_type, action, topic):
   counts, averages and ``quantilesState(0.5, 0.95, 0.99)`` of the lateness. Any time range is
   answered by merging the states over that range (``quantilesMerge``), so a daily or weekly p99
   is a true p99 of the executions, never an average of hourly percentiles.
