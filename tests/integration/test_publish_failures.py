@@ -11,11 +11,15 @@ from delayline.adapters.embedded import EmbeddedTansu
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
-from delayline.domain.events import EventStatus, ScheduledEvent, new_event, utc_now
+from delayline.domain.events import EventRules, EventStatus, ScheduledEvent, new_event, utc_now
 from delayline.domain.outcomes import Delivery, ExecutionResult, Outcome
 from delayline.errors import ErrorClass, PublishError
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from tests.support import eventually_status
+
+# Rules that let through what this producer refuses: ingress normally refuses such an event up
+# front, so these build one directly to see how a refusal at publish time is handled.
+LOOSE_RULES = EventRules(max_message_bytes=4_000_000)
 
 
 class Results:
@@ -84,6 +88,7 @@ async def test_permanent_failure_fails_at_once(
         body="x" * 1_100_000,  # over librdkafka's message.max.bytes: refused, never retried
         scheduled_at=utc_now() - timedelta(seconds=1),
         max_body_bytes=2_000_000,
+        rules=LOOSE_RULES,
     )
     await store.schedule([too_big])
     got = await eventually_status(lambda: store.get(too_big.schedule_id), timeout=15)
@@ -114,6 +119,7 @@ async def test_one_publish_call_reports_each_event_in_order(
                 body="x" * (1_100_000 if i == 2 else 10),
                 scheduled_at=utc_now(),
                 max_body_bytes=2_000_000,
+                rules=LOOSE_RULES,
             )
             for i in range(5)
         ]
