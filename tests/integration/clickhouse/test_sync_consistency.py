@@ -1,5 +1,5 @@
-"""Review of the sync's reads without FINAL: merges, cleanup with the projection, the upgrade
-interrupted halfway, paging ties, and the pipelined sync's task handling."""
+"""The sync stays consistent without FINAL: merges, cleanup with the projection, a migration
+interrupted halfway, paging ties, races with reschedules, and the pipelined sync's tasks."""
 
 from __future__ import annotations
 
