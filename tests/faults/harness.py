@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -393,3 +394,20 @@ def describe(ids: list[str], load: HttpLoad, fired: list[Fired], origin: float) 
         )
         lines.append(f"{sid}: {when}, fired at {', '.join(copies)}")
     return "\n".join(lines)
+
+
+_DUE_RANGE = re.compile(r"\(due (\S+) to (\S+)\)")
+
+
+def refired_due_ranges(log: str) -> list[tuple[float, float]]:
+    """Due-time ranges (epoch seconds) of the batches the service says it fired without an
+    acknowledgement (the batch failed, or its lease ran out first): those fire again."""
+    ranges = []
+    for line in log.splitlines():
+        if "fire again" not in line:
+            continue
+        found = _DUE_RANGE.search(line)
+        if found is not None:
+            first, last = (datetime.fromisoformat(t).timestamp() for t in found.groups())
+            ranges.append((first, last))
+    return ranges

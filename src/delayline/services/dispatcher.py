@@ -201,7 +201,11 @@ class Dispatcher:
             await self.fire(claim, number)
         except Exception:
             # Unacknowledged events stay leased and return after the lease: nothing is lost.
-            log.exception("firing a batch of %d events failed", len(claim.events))
+            log.exception(
+                "firing a batch of %d events %s failed; they fire again when their lease ends",
+                len(claim.events),
+                _due_range(claim.events),
+            )
         finally:
             await self._mark_handed(number, math.inf)
             del self._unhanded[number]
@@ -262,7 +266,16 @@ class Dispatcher:
                     self._transition(event, Transition.PUBLISHED, at_us, delivery=result)
             finished += await self._settle(claim.token, to_publish, acked_us, started_us)
         if finished:
-            await self._ack(claim.token, finished, started_us)
+            acked = await self._ack(claim.token, finished, started_us)
+            if acked < len(finished):
+                # The lease ran out first: the reaper gave these events back to the due set.
+                log.warning(
+                    "%d of %d events of a batch %s lost their lease before their "
+                    "acknowledgement; they fire again",
+                    len(finished) - acked,
+                    len(finished),
+                    _due_range(claim.events),
+                )
             by_id = {e.schedule_id: e for e in claim.events}
             done_us = self._now_us()
             for item in finished:
@@ -270,14 +283,14 @@ class Dispatcher:
                     by_id[item.schedule_id], _FINAL[item.status], done_us, item.reason or ""
                 )
 
-    async def _ack(self, token: str, finished: Sequence[Finished], claimed_us: int) -> None:
-        """Acknowledge, retrying while the lease lasts: a lost ack means a duplicate firing."""
+    async def _ack(self, token: str, finished: Sequence[Finished], claimed_us: int) -> int:
+        """Acknowledge, retrying while the lease lasts: a lost ack means a duplicate firing.
+        Returns how many events were still leased under ``token``."""
         deadline_us = claimed_us + int(self._config.lease_seconds * 1e6)
         attempt = 0
         while True:
             try:
-                await self._store.ack(token, finished, self._now_us())
-                return
+                return await self._store.ack(token, finished, self._now_us())
             except Exception as exc:
                 attempt += 1
                 delay = backoff_delay(attempt, 0.05, 1.0)
@@ -420,3 +433,9 @@ _FINAL = {
 
 def _at(epoch_us: int) -> datetime:
     return from_epoch_us(epoch_us)
+
+
+def _due_range(events: Sequence[ScheduledEvent]) -> str:
+    """``(due FIRST to LAST)``: names the events of a batch in logs (claims are in due order)."""
+    dues = [e.due_us for e in events]
+    return f"(due {_at(min(dues)).isoformat()} to {_at(max(dues)).isoformat()})"
