@@ -14,7 +14,7 @@ from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, utc_now
-from delayline.domain.outcomes import ExecutionResult
+from delayline.domain.outcomes import Delivery, ExecutionResult
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from tests.faults.conftest import Row, service_env, start_scenario
 from tests.faults.harness import (
@@ -101,12 +101,12 @@ class SlowPublisher:
         self.published: list[str] = []
         self.twice = asyncio.Event()
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | float]:
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
         await asyncio.sleep(self.delay)
         self.published += [e.schedule_id for e in events]
         if len(self.published) >= 2:
             self.twice.set()
-        return [time.time() for _ in events]
+        return [Delivery(time.time(), 0, i) for i, _ in enumerate(events)]
 
 
 class NoSink:
