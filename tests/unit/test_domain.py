@@ -1,4 +1,4 @@
-"""The pure domain: validation, statuses, routing, the Redis codec, and settings errors."""
+"""The pure domain: validation, statuses, routing and the Redis codec."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from delayline.domain.events import (
     to_epoch_us,
 )
 from delayline.domain.routing import Tier, route
-from delayline.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -107,37 +106,6 @@ def test_codec_round_trip(body: str, headers: dict[str, str], priority: int) -> 
         return  # surrogates or reserved names: rejected before storage
     back = decode_event(encode_event(event), event.schedule_id)
     assert back == event
-
-
-def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCHEDULES_IMMEDIATE_HORIZON_SECONDS", "-5")
-    with pytest.raises(SettingsError, match="SCHEDULES_IMMEDIATE_HORIZON_SECONDS"):
-        load_settings()
-
-
-def test_transfer_horizon_must_exceed_sync_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("schedules_TRANSFER_HORIZON_SECONDS", "200")
-    with pytest.raises(SettingsError, match="would fire late"):
-        load_settings()
-
-
-def test_secret_settings_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SCHEDULES_API_KEYS", "not-json-secret")
-    with pytest.raises(SettingsError) as info:
-        load_settings()
-    assert "not-json-secret" not in str(info.value)
-    assert "SCHEDULES_API_KEYS" in str(info.value)
-
-
-def test_defaults_match_the_spec() -> None:
-    settings = load_settings()
-    assert settings.immediate_horizon_seconds == 86400
-    assert settings.transfer_horizon_seconds == 3600
-    assert settings.clickhouse_sync_interval == 300
-    assert settings.redis_processing_interval == 5
-    assert settings.execution_history_ttl_days == 90
-    assert settings.analytics_enabled is True
-    assert settings.analytics_batch_size == 1000
 
 
 def test_epoch_microseconds_are_exact_on_both_sides_of_the_float_path() -> None:
