@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -18,6 +18,7 @@ from rich.console import Console
 
 from delayline.bootstrap import read_runtime_file
 from delayline.domain.events import body_view, new_schedule_id
+from delayline.domain.limits import due_after
 from delayline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Delayline: delayed events fired to Kafka on time.", no_args_is_help=True)
@@ -153,11 +154,12 @@ def schedule(
         if not sep:
             raise typer.BadParameter(f"header {item!r} is not k=v")
         headers[key] = value
-    when = (
-        (datetime.now().astimezone() + timedelta(seconds=parse_duration(in_))).isoformat()
-        if in_ is not None
-        else at
-    )
+    when = at
+    if in_ is not None:
+        try:
+            when = due_after(datetime.now().astimezone(), parse_duration(in_)).isoformat()
+        except ValueError as exc:
+            raise typer.BadParameter(f"--in: {exc}") from None
     payload = {
         "topic": topic,
         "body": body,

@@ -80,11 +80,9 @@ def is_outcome_unknown(exc: BaseException) -> bool:
     """Whether ``exc`` is a timeout or a lost connection after a command was sent."""
     if isinstance(exc, OutcomeUnknown):
         return True
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return False
     return any(marker in str(exc) for marker in _UNKNOWN_OUTCOME_MARKERS)
@@ -123,12 +121,21 @@ def is_pool_exhausted(exc: BaseException) -> bool:
 
 
 class PublishError(Exception):
-    """The broker refused or could not take one message."""
+    """The broker refused or could not take one message; ``timed_out`` when no answer came in
+    time (the event's outcome is then recorded as a timeout, not an error)."""
 
-    def __init__(self, message: str, error_class: ErrorClass, code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        error_class: ErrorClass,
+        code: int | None = None,
+        *,
+        timed_out: bool = False,
+    ) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.code = code
+        self.timed_out = timed_out
 
 
 def classify(exc: BaseException) -> ErrorClass:
@@ -141,21 +148,41 @@ def classify(exc: BaseException) -> ErrorClass:
         return ErrorClass.UNAVAILABLE
     if isinstance(exc, InvalidEventError):
         return ErrorClass.BAD_INPUT
-    if is_disk_full(exc):
-        return ErrorClass.UNAVAILABLE
-    if isinstance(exc, ConnectionError | TimeoutError | asyncio.TimeoutError | OSError):
-        return ErrorClass.UNAVAILABLE
-    try:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return ErrorClass.TRANSIENT
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if is_disk_full(exc) or isinstance(exc, unavailable_error_types()):
         return ErrorClass.UNAVAILABLE
     return ErrorClass.TRANSIENT
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "a dependency is down" (pause and retry), not "this input is bad"."""
+    return classify(exc) is ErrorClass.UNAVAILABLE
+
+
+def unavailable_error_types() -> tuple[type[Exception], ...]:
+    """The exception types that say "a dependency cannot serve now" whatever their message:
+    ours, the operating system's (``ConnectionError``, ``TimeoutError`` are ``OSError``) and
+    Redis's (down, loading, failing over)."""
+    from redis.exceptions import ClusterDownError, TryAgainError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    # BusyLoadingError is a redis ConnectionError; MasterDownError is a ClusterDownError.
+    return (
+        DependencyUnavailable,
+        OSError,
+        asyncio.TimeoutError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        ClusterDownError,
+        TryAgainError,
+    )
+
+
+def backoff_ceiling(attempt: int, initial: float, maximum: float) -> float:
+    """The exponential backoff bound for ``attempt``: min(maximum, initial·2^attempt)."""
+    return float(min(maximum, initial * (2 ** min(attempt, 30))))
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter: a random delay in [½, 1] × min(max, initial·2^attempt)."""
-    ceiling: float = min(maximum, initial * (2 ** min(attempt, 30)))
-    return ceiling * (0.5 + random.random() / 2)
+    """Exponential backoff with jitter: a random delay in [½, 1] × :func:`backoff_ceiling`."""
+    return backoff_ceiling(attempt, initial, maximum) * (0.5 + random.random() / 2)

@@ -1,16 +1,15 @@
 """Publish delayed events from any service: ``get_event_bus().publish_with_delay(...)``.
 
-A light module: it imports only ``confluent_kafka``, ``orjson`` and the standard library, so
-services can use it without pulling in Redis, ClickHouse or the web stack. It produces one
-message to the delayed topic following the contract in ``docs/INGRESS.md``; the Delayline
-consumer turns it into a scheduled event. The header names and the derivation of schedule ids
-live here because both sides of the contract share them.
+A light module: it imports only ``confluent_kafka``, ``orjson``, the standard library and
+Delayline's pure domain modules, so services can use it without pulling in Redis, ClickHouse or
+the web stack. It produces one message to the delayed topic following the contract in
+``docs/INGRESS.md`` (its header names live in :mod:`delayline.domain.wire`); the Delayline
+consumer turns it into a scheduled event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 import uuid
@@ -21,59 +20,23 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-# --- the message contract (docs/INGRESS.md) ------------------------------------------------------
-H_TOPIC = "x-topic"
-H_DELAY_SECONDS = "x-delay-seconds"
-H_SCHEDULED_AT = "x-scheduled-at"
-H_ENTITY_TYPE = "x-entity-type"
-H_ACTION = "x-action"
-H_CORRELATION_ID = "x-correlation-id"
-H_PRIORITY = "x-priority"
-H_MAX_DELAY_SECONDS = "x-max-delay-seconds"
-H_SCHEDULE_ID = "x-schedule-id"
-H_CONTENT_TYPE = "content-type"
-ENVELOPE_CONTENT_TYPE = "application/vnd.delayline.envelope+json"
-# The etf1 kafka-message-scheduler's headers (its users can switch without touching producers).
-H_ETF1_EPOCH = "scheduler-epoch"
-H_ETF1_TARGET_TOPIC = "scheduler-target-topic"
-H_ETF1_TARGET_KEY = "scheduler-target-key"
-# Added to dead-lettered messages.
-H_DLQ_REASON = "x-dlq-reason"
-H_DLQ_SOURCE_TOPIC = "x-dlq-source-topic"
-H_DLQ_SOURCE_PARTITION = "x-dlq-source-partition"
-H_DLQ_SOURCE_OFFSET = "x-dlq-source-offset"
-
-CONTROL_HEADERS = frozenset(
-    {
-        H_TOPIC,
-        H_DELAY_SECONDS,
-        H_SCHEDULED_AT,
-        H_ENTITY_TYPE,
-        H_ACTION,
-        H_CORRELATION_ID,
-        H_PRIORITY,
-        H_MAX_DELAY_SECONDS,
-        H_SCHEDULE_ID,
-    }
+from delayline.domain.limits import due_after
+from delayline.domain.wire import (
+    CONTROL_HEADERS,
+    H_ACTION,
+    H_CORRELATION_ID,
+    H_DELAY_SECONDS,
+    H_ENTITY_TYPE,
+    H_MAX_DELAY_SECONDS,
+    H_PRIORITY,
+    H_SCHEDULE_ID,
+    H_SCHEDULED_AT,
+    H_TOPIC,
 )
-ETF1_HEADERS = frozenset({H_ETF1_EPOCH, H_ETF1_TARGET_TOPIC, H_ETF1_TARGET_KEY})
 
 ENV_BOOTSTRAP = "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS"
 ENV_DELAYED_TOPIC = "SCHEDULES_KAFKA_DELAYED_TOPIC_NAME"
 DEFAULT_DELAYED_TOPIC = "delayed_events"
-_MAX_READABLE_ID = 200
-
-
-def derive_schedule_id(topic: str, partition: int, offset: int, timestamp_ms: int) -> str:
-    """The schedule id of a message that names none: the same for every redelivery.
-
-    The timestamp is part of it so that a topic deleted and re-created (offsets restart at 0,
-    e.g. after a restart of the in-memory embedded broker) never collides with older events.
-    """
-    readable = f"{topic}:{partition}:{offset}:{timestamp_ms}"
-    if len(readable) <= _MAX_READABLE_ID:
-        return readable
-    return "k" + hashlib.sha256(readable.encode()).hexdigest()[:40]
 
 
 def new_schedule_id() -> str:
@@ -117,6 +80,7 @@ def build_delayed_message(
     schedule_id = schedule_id or new_schedule_id()
     out: list[tuple[str, bytes]] = [(H_TOPIC, topic.encode())]
     if delay_seconds is not None:
+        due_after(datetime.now(UTC), delay_seconds)  # refused here as the consumer would
         out.append((H_DELAY_SECONDS, repr(float(delay_seconds)).encode()))
     elif isinstance(scheduled_at, datetime):
         stamp = scheduled_at if scheduled_at.tzinfo else scheduled_at.replace(tzinfo=UTC)

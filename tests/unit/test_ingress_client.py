@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from delayline.events_client import build_delayed_message, derive_schedule_id, get_event_bus
+from delayline.domain.wire import derive_schedule_id
+from delayline.events_client import build_delayed_message, get_event_bus
 
 
 def test_headers_for_delay() -> None:
@@ -74,7 +75,7 @@ def test_module_is_light() -> None:
     code = (
         "import sys, delayline.events_client\n"
         "heavy = [m for m in ('redis', 'clickhouse_connect', 'chdb', 'fastapi', 'pydantic',"
-        " 'delayline.domain', 'delayline.settings') if m in sys.modules]\n"
+        " 'delayline.domain.events', 'delayline.settings') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

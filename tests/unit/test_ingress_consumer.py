@@ -11,8 +11,9 @@ import pytest
 from delayline.adapters.kafka_consumer import KafkaMessage
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent
+from delayline.errors import is_unavailable
 from delayline.ports import NearTermStore
-from delayline.services.ingress import DelayedEventsConsumer, is_unavailable
+from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.scheduler import SchedulerService
 
 OK = [("x-topic", b"t"), ("x-delay-seconds", b"60")]

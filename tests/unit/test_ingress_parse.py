@@ -12,7 +12,8 @@ import pytest
 from delayline.adapters.kafka_consumer import KafkaMessage
 from delayline.clock import ManualClock
 from delayline.domain.events import ScheduledEvent
-from delayline.events_client import build_delayed_message, derive_schedule_id
+from delayline.domain.wire import derive_schedule_id
+from delayline.events_client import build_delayed_message
 from delayline.services.ingress_parse import Cancel, Decision, Reject, Schedule, parse
 from delayline.services.scheduler import SchedulerService
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from delayline.events_client import (
+from delayline.domain.wire import (
     H_DLQ_REASON,
     H_DLQ_SOURCE_OFFSET,
     H_DLQ_SOURCE_PARTITION,

@@ -38,6 +38,9 @@ _UNAVAILABLE_CODES = frozenset(
         KafkaError._DESTROY,
     }
 )
+_TIMEOUT_CODES = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+)
 _PERMANENT_CODES = frozenset(
     {
         KafkaError.MSG_SIZE_TOO_LARGE,
@@ -62,7 +65,8 @@ def classify_kafka_error(error: KafkaError) -> PublishError:
         kind = ErrorClass.UNAVAILABLE
     else:
         kind = ErrorClass.TRANSIENT
-    return PublishError(f"{error.name()}: {error.str()}", kind, code)
+    timed_out = code in _TIMEOUT_CODES
+    return PublishError(f"{error.name()}: {error.str()}", kind, code, timed_out=timed_out)
 
 
 def producer_config(

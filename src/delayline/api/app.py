@@ -22,8 +22,6 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +31,7 @@ from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, monit
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
 from delayline.domain.events import InvalidEventError
-from delayline.errors import DependencyUnavailable, OutcomeUnknown, StorageFull
+from delayline.errors import OutcomeUnknown, StorageFull, unavailable_error_types
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi
 
@@ -120,17 +118,6 @@ def _error(
     return JSONResponse({"error": error, "field": field, **extra}, status, headers=headers)
 
 
-# A store or broker that cannot be reached: 503 + Retry-After, not 500. The service raises
-# DependencyUnavailable; the rest are what reaches here when a call is not wrapped (the same set
-# delayline.errors.classify calls UNAVAILABLE).
-UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    DependencyUnavailable,
-    OSError,  # ConnectionError, TimeoutError
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-
-
 def _field(loc: Sequence[int | str]) -> str | None:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header"}:
@@ -215,7 +202,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(OutcomeUnknown, outcome_unknown)
     app.add_exception_handler(StorageFull, storage_full)
-    for exc_type in UNAVAILABLE_ERRORS:
+    # A store or broker that cannot be reached: 503 + Retry-After, not 500 (the service raises
+    # DependencyUnavailable; the other types reach here from a call no breaker wraps).
+    for exc_type in unavailable_error_types():
         app.add_exception_handler(exc_type, unavailable)
     app.add_exception_handler(Exception, internal)
 

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Query, Request, params
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
-from delayline.api.schemas import MAX_TEXT, ApiError, ErrorOut, Moved, Removed, to_utc
+from delayline.api.schemas import ApiError, ErrorOut, Moved, Removed, to_utc
 from delayline.domain.events import utc_now
+from delayline.domain.limits import MAX_TEXT
 from delayline.metrics import CONTENT_TYPE, Metrics
 from delayline.ports import SchedulerApi
 

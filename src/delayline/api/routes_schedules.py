@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, params
 
 from delayline.api.schemas import (
-    SCHEDULE_ID_PATTERN,
     ApiError,
     BatchIn,
     BatchResult,
@@ -31,6 +30,7 @@ from delayline.api.schemas import (
     to_utc,
 )
 from delayline.domain.events import EventStatus, InvalidEventError, ScheduledEvent, utc_now
+from delayline.domain.limits import SCHEDULE_ID_PATTERN, due_after
 from delayline.domain.outcomes import EventFilter
 from delayline.errors import OutcomeUnknown
 from delayline.ports import SchedulerApi
@@ -49,7 +49,7 @@ def build_event(
     """Validate ``item`` into an event through ``service`` (``ApiError`` 422 naming the field)."""
     fields = item.model_dump(exclude_none=True, exclude={"delay_seconds"})
     if item.delay_seconds is not None:
-        fields["scheduled_at"] = now + timedelta(seconds=item.delay_seconds)
+        fields["scheduled_at"] = _due_after(now, item.delay_seconds, field_prefix)
     try:
         return service.build_event(**fields)
     except InvalidEventError as exc:
@@ -63,9 +63,17 @@ def _utc(name: str, value: datetime | None) -> datetime | None:
         raise ApiError(422, f"{name}: {exc}", field=name) from None
 
 
+def _due_after(now: datetime, delay_seconds: float, field_prefix: str = "") -> datetime:
+    try:
+        return due_after(now, delay_seconds)
+    except ValueError as exc:
+        field = field_prefix + "delay_seconds"
+        raise ApiError(422, f"{field}: {exc}", field=field) from None
+
+
 def _due_time(change: RescheduleIn) -> datetime:
     if change.delay_seconds is not None:
-        return utc_now() + timedelta(seconds=change.delay_seconds)
+        return _due_after(utc_now(), change.delay_seconds)
     assert change.scheduled_at is not None  # the model requires one of the two
     return change.scheduled_at
 
@@ -181,11 +189,7 @@ def schedules_router(service: SchedulerApi, auth: Sequence[params.Depends]) -> A
         raise await _why_not(schedule_id, "cancelled")
 
     async def reschedule(schedule_id: str, change: RescheduleIn) -> Rescheduled:
-        if change.delay_seconds is not None:
-            when = utc_now() + timedelta(seconds=change.delay_seconds)
-        else:
-            assert change.scheduled_at is not None  # the model requires one of the two
-            when = change.scheduled_at
+        when = _due_time(change)
         if _ID_RE.fullmatch(schedule_id) and await service.reschedule_event(schedule_id, when):
             return Rescheduled(schedule_id=schedule_id, scheduled_at=when)
         raise await _why_not(schedule_id, "rescheduled")

@@ -25,14 +25,18 @@ from pydantic import (
 )
 
 from delayline.domain.events import BodyEncoding, decode_base64
+from delayline.domain.limits import (
+    EARLIEST_YEAR,
+    LATEST_YEAR,
+    MAX_DELAY_SECONDS,
+    MAX_TEXT,
+    SCHEDULE_ID_PATTERN,
+    TOPIC_PATTERN,
+)
 
 MAX_BATCH_EVENTS = 10_000
-MAX_TEXT = 1024
-MAX_DELAY_SECONDS = 100 * 366 * 86400.0  # a century: keeps now + delay far from datetime.max
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 UINT32_MAX = 2**32 - 1
-SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,200}$"
-TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 def to_utc(value: datetime) -> datetime:
@@ -41,8 +45,8 @@ def to_utc(value: datetime) -> datetime:
         out = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except (OverflowError, ValueError):
         raise ValueError("date-time is out of range") from None
-    if not 1970 <= out.year <= 2999:
-        raise ValueError(f"{out.isoformat()} is outside the years 1970-2999")
+    if not EARLIEST_YEAR <= out.year <= LATEST_YEAR:
+        raise ValueError(f"{out.isoformat()} is outside the years {EARLIEST_YEAR}-{LATEST_YEAR}")
     return out
 
 

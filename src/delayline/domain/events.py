@@ -16,6 +16,14 @@ from typing import Any, Literal
 
 import orjson
 
+from delayline.domain.limits import (
+    EARLIEST_YEAR,
+    LATEST_YEAR,
+    MAX_TEXT,
+    SCHEDULE_ID_PATTERN,
+    TOPIC_PATTERN,
+)
+
 DEFAULT_MAX_DELAY_SECONDS = 86400
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
@@ -33,11 +41,11 @@ RESERVED_HEADERS = (
     "x-action",
     "x-scheduled-at",
 )
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_RE = re.compile(TOPIC_PATTERN)
 # RFC 7230 token characters: what a header name may be made of, so that no name can smuggle
 # whitespace, control characters or look-alikes of a reserved name.
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
+_ID_RE = re.compile(SCHEDULE_ID_PATTERN)
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -303,7 +311,9 @@ def message_size(event: ScheduledEvent) -> int:
     return RECORD_OVERHEAD_BYTES + _byte_len(event.message_key) + _byte_len(event.body) + headers
 
 
-def _check_text(name: str, value: object, *, allow_empty: bool = True, limit: int = 1024) -> str:
+def _check_text(
+    name: str, value: object, *, allow_empty: bool = True, limit: int = MAX_TEXT
+) -> str:
     if not isinstance(value, str):
         raise InvalidEventError(name, f"must be a string, not {type(value).__name__}")
     if not allow_empty and not value:
@@ -435,8 +445,10 @@ def validate_scheduled_at(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise InvalidEventError("scheduled_at", f"must be a datetime, not {type(value).__name__}")
     value = as_utc(value)
-    if not 1970 <= value.year <= 2999:
-        raise InvalidEventError("scheduled_at", f"{value.isoformat()} is outside 1970-2999")
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise InvalidEventError(
+            "scheduled_at", f"{value.isoformat()} is outside {EARLIEST_YEAR}-{LATEST_YEAR}"
+        )
     return value
 
 
@@ -483,7 +495,7 @@ def new_event(
         entity_type=_check_text("entity_type", entity_type),
         action=_check_text("action", action),
         body=encode_body(body, max_body_bytes),
-        correlation_id=_check_text("correlation_id", correlation_id or "", limit=1024),
+        correlation_id=_check_text("correlation_id", correlation_id or ""),
         headers=validate_headers(headers),
         scheduled_at=validate_scheduled_at(scheduled_at),
         max_delay_seconds=max_delay_seconds,

@@ -31,6 +31,7 @@ from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 from delayline.domain.events import as_utc
 from delayline.domain.outcomes import ExecutionResult
+from delayline.errors import backoff_ceiling
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class BatchRecorder(Generic[T]):
                 # arriving behind it, the oldest dropped beyond the bound) and is retried
                 # after a growing pause that stop() interrupts.
                 failures += 1
-                pause = min(self._retry_initial * 2 ** (failures - 1), self._retry_max)
+                pause = backoff_ceiling(failures - 1, self._retry_initial, self._retry_max)
                 log.warning("%s: write failed (%r); retrying in %.1fs", self.name, exc, pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), pause)

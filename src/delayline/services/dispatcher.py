@@ -33,7 +33,7 @@ from delayline.domain.outcomes import (
     Outcome,
     Transition,
 )
-from delayline.errors import ErrorClass, backoff_delay, classify
+from delayline.errors import ErrorClass, PublishError, backoff_delay, classify
 from delayline.ports import (
     Claim,
     Clock,
@@ -352,7 +352,8 @@ class Dispatcher:
             attempts = event.attempts + (kind is not ErrorClass.UNAVAILABLE)
             if kind is ErrorClass.PERMANENT or attempts >= self._config.max_publish_attempts:
                 finished.append(Finished(event.schedule_id, EventStatus.FAILED, str(result)))
-                outcome = Outcome.TIMEOUT if "TIMED_OUT" in str(result) else Outcome.ERROR
+                timed_out = isinstance(result, PublishError) and result.timed_out
+                outcome = Outcome.TIMEOUT if timed_out else Outcome.ERROR
                 self._record(event, outcome, started_us, self._now_us(), str(result))
                 continue
             delay = backoff_delay(

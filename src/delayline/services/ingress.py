@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
-from delayline.errors import ErrorClass, classify
+from delayline.errors import backoff_delay, is_unavailable
 from delayline.ports import Clock, SchedulerApi, Upserted
 from delayline.services.ingress_parse import Cancel, DelayedMessage, Reject, Schedule, parse
 from delayline.services.scheduler import kafka_revision
@@ -34,7 +34,6 @@ __all__ = [
     "DelayedMessage",
     "IngressStats",
     "MessageSource",
-    "is_unavailable",
 ]
 
 
@@ -52,25 +51,6 @@ class MessageSource(Protocol):
         """Dead-letter ``items``; returns those refused for good (with the error); raises
         when the dead-letter topic cannot be written now."""
         ...
-
-
-_UNAVAILABLE_NAMES = frozenset(
-    {"ConnectionError", "TimeoutError", "BusyLoadingError", "CircuitBreakerError",
-     "DependencyUnavailable", "ClusterDownError", "TryAgainError", "MasterDownError"}
-)  # fmt: skip
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "a store is down" (pause and retry) rather than "this event is bad".
-
-    Matched by class name along the MRO so this service needs no Redis/ClickHouse import;
-    the composition root may pass a sharper predicate.
-    """
-    if isinstance(exc, ConnectionError | TimeoutError | OSError):
-        return True
-    if classify(exc) is ErrorClass.UNAVAILABLE:
-        return True
-    return any(cls.__name__ in _UNAVAILABLE_NAMES for cls in type(exc).__mro__)
 
 
 @dataclass(slots=True)
@@ -132,7 +112,6 @@ class DelayedEventsConsumer:
         retry_initial: float = 0.1,
         retry_max: float = 5.0,
         stop_timeout: float = 10.0,
-        unavailable: Callable[[BaseException], bool] = is_unavailable,
         on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         """``on_dead_letter`` is called with each dead letter's reason code (a metrics label)."""
@@ -144,7 +123,6 @@ class DelayedEventsConsumer:
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._stop_timeout = stop_timeout
-        self._unavailable = unavailable
         self._on_dead_letter = on_dead_letter
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -196,7 +174,7 @@ class DelayedEventsConsumer:
             self.stats.retries += 1
             if self.stats.stalled_since is None:
                 self.stats.stalled_since = time.monotonic()
-            delay = min(self._retry_max, self._retry_initial * 2 ** min(attempt, 20))
+            delay = backoff_delay(attempt, self._retry_initial, self._retry_max)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
@@ -304,7 +282,7 @@ class DelayedEventsConsumer:
             )
             done = list(zip(group, results, strict=True))
         except Exception as exc:
-            if self._unavailable(exc):
+            if is_unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
             # The store refused the batch: find the event it refuses so the others are kept.
             done = []
@@ -315,7 +293,7 @@ class DelayedEventsConsumer:
                     )
                     done.append(((msg, event), result))
                 except Exception as one:
-                    if self._unavailable(one):
+                    if is_unavailable(one):
                         raise _StoreUnavailable(str(one)) from one
                     rejects.append((msg, f"store_rejected: {one}"))
         for (msg, event), result in done:
@@ -337,7 +315,7 @@ class DelayedEventsConsumer:
             rejects.append((msg, f"invalid_event: {exc}"))
             return
         except Exception as exc:
-            if self._unavailable(exc):
+            if is_unavailable(exc):
                 raise _StoreUnavailable(str(exc)) from exc
             rejects.append((msg, f"store_rejected: {exc}"))
             return

@@ -9,11 +9,10 @@ A rejection reason reads ``<code>: <detail>``; the code is one of ``missing_head
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -24,7 +23,8 @@ from delayline.domain.events import (
     decode_base64,
     from_epoch_us,
 )
-from delayline.events_client import (
+from delayline.domain.limits import due_after
+from delayline.domain.wire import (
     CONTROL_HEADERS,
     ENVELOPE_CONTENT_TYPE,
     ETF1_HEADERS,
@@ -51,7 +51,6 @@ _ASCII_INTEGER = re.compile(r"-?[0-9]+")
 _ASCII_FRACTION = re.compile(r"[0-9]+\.[0-9]*|\.[0-9]+")
 _ASCII_DECIMAL = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _ASCII_SPACE = " \t\r\n"
-MAX_DELAY_SECONDS = 1000 * 366 * 86400  # beyond this a delay is a unit mistake, not a plan
 ENVELOPE_FIELDS = frozenset(
     {"topic", "body", "body_encoding", "delay_seconds", "scheduled_at", "entity_type", "action",
      "correlation_id", "headers", "priority", "max_delay_seconds", "schedule_id"}
@@ -210,16 +209,14 @@ def _int(name: str, text: str) -> int:
 
 
 def _delay(name: str, value: object, base: datetime) -> datetime:
-    seconds = math.nan
+    seconds: object = value
     if isinstance(value, str):
-        if _ASCII_DECIMAL.fullmatch(value.strip(_ASCII_SPACE)):
-            seconds = float(value)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    if not 0 <= seconds <= MAX_DELAY_SECONDS:  # also false for NaN and infinity
-        raise Rejected("invalid_header", f"{name}: {str(value)[:60]!r} is not a number of "
-                       f"seconds between 0 and {MAX_DELAY_SECONDS}")  # fmt: skip
-    return base + timedelta(seconds=seconds)
+        text = value.strip(_ASCII_SPACE)
+        seconds = float(text) if _ASCII_DECIMAL.fullmatch(text) else value
+    try:
+        return due_after(base, seconds)
+    except ValueError as exc:
+        raise Rejected("invalid_header", f"{name}: {exc}") from None
 
 
 def _epoch_number(value: object) -> float | int | None:

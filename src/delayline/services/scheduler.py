@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
@@ -17,12 +17,12 @@ from delayline.domain.events import (
     EventStatus,
     InvalidEventError,
     ScheduledEvent,
-    as_utc,
     from_epoch_us,
     new_event,
     to_epoch_us,
     validate_scheduled_at,
 )
+from delayline.domain.limits import due_after
 from delayline.domain.outcomes import EventFilter, LifecycleEntry, Transition
 from delayline.domain.routing import Tier, route
 from delayline.errors import ErrorClass, classify
@@ -553,8 +553,7 @@ _BY_KEY_PAGE = 1000
 
 
 def _after(now: datetime, delay: object) -> datetime:
-    if isinstance(delay, bool) or not isinstance(delay, int | float):
-        raise InvalidEventError("delay_seconds", "must be a number")
-    if not -1e9 < delay < 1e10:
-        raise InvalidEventError("delay_seconds", "is out of range")
-    return as_utc(now) + timedelta(seconds=float(delay))
+    try:
+        return due_after(now, delay)
+    except ValueError as exc:
+        raise InvalidEventError("delay_seconds", str(exc)) from None

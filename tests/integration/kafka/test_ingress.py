@@ -11,7 +11,8 @@ import orjson
 from delayline.adapters.kafka_consumer import KafkaDelayedSource, KafkaMessage
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import EventStatus, ScheduledEvent
-from delayline.events_client import build_delayed_message, derive_schedule_id
+from delayline.domain.wire import derive_schedule_id
+from delayline.events_client import build_delayed_message
 from tests.integration.kafka.conftest import Ingress, until
 
 ENVELOPE = ("content-type", b"application/vnd.delayline.envelope+json")
