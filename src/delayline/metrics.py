@@ -213,10 +213,6 @@ class Metrics:
         """Set how many claimed events this node has not acknowledged yet."""
         self.claims_in_flight.set(count)
 
-    def add_claims_in_flight(self, delta: int) -> None:
-        """Add ``delta`` (negative on ack) to the claimed-not-acknowledged count."""
-        self.claims_in_flight.inc(delta)
-
     # --- sync ------------------------------------------------------------------------------------
     def sync_run(self, result: str, duration_seconds: float, moved: int = 0) -> None:
         """Record one sync run: ``result`` success|error, its duration and the events moved."""

@@ -36,8 +36,6 @@ HOURLY_TABLE: Final = "schedule_performance_metrics_hourly"
 HOURLY_MV: Final = "schedule_performance_metrics_mv"
 METRICS_VIEW: Final = "schedule_performance_metrics"
 
-QUANTILE_LEVELS: Final = (0.5, 0.95, 0.99)
-"""The levels of the stored quantile states, in this order (p50, p95, p99)."""
 
 _RESULTS = f"""
 CREATE TABLE IF NOT EXISTS {{db}}.{RESULTS_TABLE} (
