@@ -105,8 +105,7 @@ def test_lateness_buckets_span_half_a_millisecond_to_a_minute() -> None:
 def test_gauges_and_sync() -> None:
     m = Metrics()
     m.set_pending("redis", 42)
-    m.set_claims_in_flight(10)
-    m.add_claims_in_flight(-3)
+    m.set_claims_in_flight(7)
     m.set_consumer_lag(7)
     m.sync_run("success", 0.3, moved=5)
     m.sync_run("error", 1.5)
