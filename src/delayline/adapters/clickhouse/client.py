@@ -134,11 +134,6 @@ class ClickHouseClient:
         self._owner = True
 
     @property
-    def embedded(self) -> bool:
-        """True for the in-process chDB engine."""
-        return urlparse(self.dsn).scheme == "chdb"
-
-    @property
     def started(self) -> bool:
         """Whether the connection is open."""
         return self._conn.client is not None
