@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from delayline.domain.wire import (
     H_DLQ_REASON,
@@ -19,6 +18,7 @@ from delayline.domain.wire import (
     H_DLQ_SOURCE_PARTITION,
     H_DLQ_SOURCE_TOPIC,
 )
+from delayline.ports import DelayedMessage
 
 H_DLQ_ORIGINAL_SIZES = "x-dlq-original-sizes"
 H_DLQ_UNREADABLE_HEADERS = "x-dlq-unreadable-headers"
@@ -31,25 +31,6 @@ SIZES_NOTE_BYTES = 160
 """Room kept for the ``x-dlq-original-sizes`` note itself."""
 
 Header = tuple[str, bytes | None]
-
-
-class Rejectable(Protocol):
-    """The parts of a consumed message a dead letter is made of."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[Header]: ...
-    @property
-    def header_error(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +62,7 @@ def headers_size(headers: Sequence[Header]) -> int:
     return sum(header_size(h) for h in headers)
 
 
-def notes(msg: Rejectable, reason: str) -> list[Header]:
+def notes(msg: DelayedMessage, reason: str) -> list[Header]:
     """The ``x-dlq-*`` headers: the reason, where the message came from, unreadable headers."""
     out: list[Header] = [
         (H_DLQ_REASON, reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
@@ -116,7 +97,7 @@ def _keep_headers(headers: Sequence[Header], budget: int) -> list[Header]:
     return kept
 
 
-def build(msg: Rejectable, reason: str, max_message_bytes: int) -> DeadLetter:
+def build(msg: DelayedMessage, reason: str, max_message_bytes: int) -> DeadLetter:
     """The dead letter of ``msg``: the original with its notes, cut to ``max_message_bytes``."""
     own = notes(msg, reason)
     whole = DeadLetter(msg.key, msg.value, [*msg.headers, *own])
@@ -135,7 +116,7 @@ def build(msg: Rejectable, reason: str, max_message_bytes: int) -> DeadLetter:
     return DeadLetter(key, value, [*headers, *own, (H_DLQ_ORIGINAL_SIZES, note.encode())])
 
 
-def minimal(msg: Rejectable, reason: str) -> DeadLetter:
+def minimal(msg: DelayedMessage, reason: str) -> DeadLetter:
     """The dead letter without the original's key, value and headers: only the notes and the
     original sizes (the last resort when the broker refuses the full one for its size)."""
     note = (

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
 from delayline.errors import backoff_delay, is_unavailable
-from delayline.ports import Clock, SchedulerApi, Upserted
-from delayline.services.ingress_parse import Cancel, DelayedMessage, Reject, Schedule, parse
+from delayline.ports import Clock, DelayedMessage, SchedulerApi, Upserted
+from delayline.services.ingress_parse import Cancel, Reject, Schedule, parse
 from delayline.services.scheduler import kafka_revision
 
 log = logging.getLogger(__name__)

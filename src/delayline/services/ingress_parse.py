@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -43,6 +43,7 @@ from delayline.domain.wire import (
     H_TOPIC,
     derive_schedule_id,
 )
+from delayline.ports import DelayedMessage
 
 MAX_CONTROL_HEADER_BYTES = 1024
 # Numbers in headers are ASCII only: int()/float() would also take other scripts' digits
@@ -55,27 +56,6 @@ ENVELOPE_FIELDS = frozenset(
     {"topic", "body", "body_encoding", "delay_seconds", "scheduled_at", "entity_type", "action",
      "correlation_id", "headers", "priority", "max_delay_seconds", "schedule_id"}
 )  # fmt: skip
-
-
-class DelayedMessage(Protocol):
-    """A consumed record, as the adapter hands it over."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
-    @property
-    def timestamp_ms(self) -> int | None: ...
-    @property
-    def header_error(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
