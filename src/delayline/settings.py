@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from delayline.adapters.encryption import KeyRing, KeyRingError, parse_key_ring
 from delayline.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventRules
 from delayline.kafka_security import (
     SaslMechanism,
@@ -153,6 +154,14 @@ class Settings(BaseSettings):
     api_keep_alive_timeout: int = Field(5, gt=0)
     """An idle keep-alive connection is closed after this."""
 
+    # --- encryption at rest ------------------------------------------------------------------
+    encryption_keys: SecretStr | None = None
+    """The key ring (JSON, or the path of a JSON file): ``{"current": "k2", "keys": {"k1":
+    "<base64 of 32 bytes>", "k2": "…"}}``. Set: bodies and headers are sealed with AES-GCM in
+    Redis and ClickHouse. Unset: stored in clear."""
+    encryption_tenant_keys: dict[str, str] = Field(default_factory=dict)
+    """``{"<entity_type>": "<key id>"}``: events of that entity type are sealed with that key."""
+
     node_id: str = Field(default_factory=_default_node_id)
 
     @field_validator("kafka_topic_replication_factor")
@@ -216,6 +225,26 @@ class Settings(BaseSettings):
             allowed_topics=tuple(self.allowed_topics),
         )
 
+    @model_validator(mode="after")
+    def _check_key_ring(self) -> Settings:
+        if self.encryption_tenant_keys and self.encryption_keys is None:
+            raise ValueError(
+                f"{ENV_PREFIX}ENCRYPTION_TENANT_KEYS needs {ENV_PREFIX}ENCRYPTION_KEYS"
+            )
+        self.key_ring()
+        return self
+
+    def key_ring(self) -> KeyRing | None:
+        """The encryption key ring, or None when encryption at rest is off."""
+        if self.encryption_keys is None:
+            return None
+        try:
+            return parse_key_ring(
+                self.encryption_keys.get_secret_value(), self.encryption_tenant_keys
+            )
+        except KeyRingError as exc:
+            raise ValueError(f"{ENV_PREFIX}ENCRYPTION_KEYS: {exc}") from None
+
     @property
     def resolved_clickhouse_dsn(self) -> str:
         """The DSN in use: the configured one, or the embedded chDB folder."""
@@ -244,6 +273,7 @@ _SECRET_FIELDS = frozenset(
         "kafka_ssl_key_password",
         "kafka_sasl_password",
         "kafka_sasl_oauthbearer_client_secret",
+        "encryption_keys",
     }
 )
 

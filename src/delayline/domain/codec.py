@@ -7,11 +7,15 @@ default fields. This keeps Redis memory per pending event small (DESIGN.md: ≈ 
 with a 300-byte body). The creation time is stored as microseconds before the due time
 (``"d"``, 7–13 digits instead of 16); values written before 2026-11 carry it absolute (``"k"``)
 and still decode.
+
+With a :class:`PayloadSealer` (encryption at rest), the headers and body are sealed together
+in the body's place and the JSON carries ``"z": 1`` instead of ``"h"``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 
@@ -24,8 +28,32 @@ from delayline.domain.events import (
 )
 
 
-def encode_event(event: ScheduledEvent) -> bytes:
-    """Serialize ``event`` without its id and status (the store knows both)."""
+class UndecryptablePayload(ValueError):
+    """A sealed payload that cannot be opened; ``key_id`` names the key it asks for."""
+
+    def __init__(self, key_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key_id = key_id
+        self.reason = reason
+
+
+class PayloadSealer(Protocol):
+    """Encrypts an event's headers and body at rest, bound to its schedule id."""
+
+    def seal(
+        self, schedule_id: str, entity_type: str, headers: Mapping[str, str], body: bytes
+    ) -> bytes:
+        """The sealed form of ``headers`` and ``body``."""
+        ...
+
+    def open(self, schedule_id: str, sealed: bytes) -> tuple[dict[str, str], bytes]:
+        """The headers and body; raises :class:`UndecryptablePayload` naming the key id."""
+        ...
+
+
+def encode_event(event: ScheduledEvent, sealer: PayloadSealer | None = None) -> bytes:
+    """Serialize ``event`` without its id and status (the store knows both); with ``sealer``,
+    its headers and body are sealed."""
     due_us = event.due_us
     doc: dict[str, Any] = {
         "t": event.topic,
@@ -42,21 +70,44 @@ def encode_event(event: ScheduledEvent) -> bytes:
         doc["m"] = event.max_delay_seconds
     if event.priority:
         doc["p"] = event.priority
-    if event.headers:
+    if sealer is not None:
+        doc["z"] = 1
+    elif event.headers:
         doc["h"] = dict(event.headers)
     if event.attempts:
         doc["n"] = event.attempts
     if event.last_error:
         doc["x"] = event.last_error
-    return orjson.dumps(doc) + b"\n" + event.body
+    if sealer is None:
+        return orjson.dumps(doc) + b"\n" + event.body
+    sealed = sealer.seal(event.schedule_id, event.entity_type, event.headers, event.body)
+    return orjson.dumps(doc) + b"\n" + sealed
+
+
+def is_sealed(raw: bytes) -> bool:
+    """True when ``raw`` (from :func:`encode_event`) holds a sealed payload."""
+    meta, _, _ = raw.partition(b"\n")
+    return bool(orjson.loads(meta).get("z"))
 
 
 def decode_event(
-    raw: bytes, schedule_id: str, status: EventStatus = EventStatus.PENDING
+    raw: bytes,
+    schedule_id: str,
+    status: EventStatus = EventStatus.PENDING,
+    sealer: PayloadSealer | None = None,
 ) -> ScheduledEvent:
-    """The event serialized by :func:`encode_event`, with its id and ``status``."""
+    """The event serialized by :func:`encode_event`, with its id and ``status``.
+
+    A sealed payload is opened with ``sealer``; without one, or when it cannot be opened,
+    :class:`UndecryptablePayload` is raised.
+    """
     meta, _, body = raw.partition(b"\n")
     doc = orjson.loads(meta)
+    headers = doc.get("h", {})
+    if doc.get("z"):
+        if sealer is None:
+            raise UndecryptablePayload("", "undecryptable: sealed, and no key ring configured")
+        headers, body = sealer.open(schedule_id, body)
     due_us: int = doc["s"]
     created = from_epoch_us(due_us - doc["d"] if "d" in doc else doc["k"])
     return ScheduledEvent(
@@ -66,7 +117,7 @@ def decode_event(
         action=doc.get("a", ""),
         body=body,
         correlation_id=doc.get("c", ""),
-        headers=doc.get("h", {}),
+        headers=headers,
         scheduled_at=from_epoch_us(due_us),
         max_delay_seconds=doc.get("m", DEFAULT_MAX_DELAY_SECONDS),
         priority=doc.get("p", 0),
