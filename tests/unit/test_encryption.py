@@ -91,7 +91,7 @@ def test_a_changed_key_id_in_the_header_does_not_open() -> None:
 
 def test_a_missing_key_is_an_error_naming_it() -> None:
     sealed = cipher("k1", k1=K1).seal("ev-1", "", {}, b"payload")
-    with pytest.raises(UndecryptablePayload, match="^undecryptable: key k1 missing$") as info:
+    with pytest.raises(UndecryptablePayload, match=r"^undecryptable: key k1 missing$") as info:
         cipher("k2", k2=K2).open("ev-1", sealed)
     assert info.value.key_id == "k1"
 
