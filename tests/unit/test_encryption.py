@@ -14,10 +14,18 @@ from delayline.adapters.encryption import (
     KeyRing,
     KeyRingError,
     PayloadCipher,
+    UnreadableEvents,
     parse_key_ring,
     sealed_key_id,
 )
-from delayline.domain.codec import UndecryptablePayload, decode_event, encode_event, is_sealed
+from delayline.domain.codec import (
+    UndecryptablePayload,
+    decode_event,
+    encode_event,
+    is_sealed,
+    reseal,
+    sealed_part,
+)
 from delayline.domain.events import ScheduledEvent
 from delayline.settings import SettingsError, load_settings
 
@@ -188,3 +196,35 @@ def test_settings_name_a_bad_ring_without_echoing_it() -> None:
     ring = load_settings(encryption_keys=ring_json()).key_ring()
     assert ring is not None and ring.current == "k1"
     assert load_settings().key_ring() is None
+
+
+def test_reseal_moves_a_payload_to_the_current_key_and_seals_one_in_clear() -> None:
+    e = event()
+    old = encode_event(e, cipher("k1", k1=K1))
+    rotated = cipher("k2", k1=K1, k2=K2)
+    entity, sealed = sealed_part(old)
+    assert entity == "order" and sealed is not None and rotated.needs_rekey(sealed, entity)
+    new = reseal(old, e.schedule_id, rotated)
+    _, resealed = sealed_part(new)
+    assert resealed is not None and sealed_key_id(resealed) == "k2"
+    assert decode_event(new, e.schedule_id, sealer=cipher("k2", k2=K2)) == e
+    clear = encode_event(e)
+    assert sealed_part(clear) == ("order", None)
+    sealed_now = reseal(clear, e.schedule_id, rotated)
+    assert b"card 4111" not in sealed_now and b"acme-secret-header" not in sealed_now
+    assert decode_event(sealed_now, e.schedule_id, sealer=rotated) == e
+    with pytest.raises(UndecryptablePayload, match="key k1 missing"):
+        reseal(old, e.schedule_id, cipher("k2", k2=K2))
+
+
+def test_unreadable_events_are_counted_per_tier_and_key() -> None:
+    seen: list[tuple[str, str, int]] = []
+    c = PayloadCipher(KeyRing({"k2": K2}, "k2"), UnreadableEvents(lambda *a: seen.append(a)))
+    sealed = cipher().seal("ev-1", "", {}, b"x")
+    with pytest.raises(UndecryptablePayload) as info:
+        c.open("ev-1", sealed)
+    c.unreadable.found("redis", info.value, 2)
+    assert seen == [("redis", "k1", 2)]
+    snap = c.unreadable.snapshot()
+    assert snap["found"] == {"redis": {"k1": 2}}
+    assert snap["last_reason"] == {"redis": "undecryptable: key k1 missing"}

@@ -25,9 +25,11 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -121,14 +123,43 @@ def sealed_key_id(sealed: bytes) -> str:
     return sealed[3:end].decode("ascii", "replace")
 
 
+class UnreadableEvents:
+    """Events found undecryptable, per tier and key id: fed by the stores (from any thread),
+    read by metrics and health."""
+
+    def __init__(self, on_found: Callable[[str, str, int], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._last: dict[str, str] = {}
+        self._on_found = on_found
+
+    def found(self, tier: str, error: UndecryptablePayload, count: int = 1) -> None:
+        """Count ``count`` events of ``tier`` that ``error`` made unreadable."""
+        with self._lock:
+            key = (tier, error.key_id)
+            self._counts[key] = self._counts.get(key, 0) + count
+            self._last[tier] = error.reason
+        if self._on_found is not None:
+            self._on_found(tier, error.key_id, count)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Totals per tier and key id since start, and the last reason per tier."""
+        with self._lock:
+            by_tier: dict[str, dict[str, int]] = {}
+            for (tier, key_id), n in self._counts.items():
+                by_tier.setdefault(tier, {})[key_id or "?"] = n
+            return {"found": by_tier, "last_reason": dict(self._last)}
+
+
 class PayloadCipher:
     """Seals and opens event payloads with a :class:`KeyRing` (the codec's ``PayloadSealer``).
 
-    Thread-safe: it holds no state but the ring's AES-GCM objects.
+    Thread-safe: it holds no state but the ring's AES-GCM objects and the ``unreadable`` counts.
     """
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing, unreadable: UnreadableEvents | None = None) -> None:
         self.ring = ring
+        self.unreadable = unreadable or UnreadableEvents()
         self._aead = {key_id: AESGCM(key) for key_id, key in ring.keys.items()}
 
     def seal(

@@ -127,3 +127,25 @@ def decode_event(
         attempts=doc.get("n", 0),
         last_error=doc.get("x"),
     )
+
+
+def sealed_part(raw: bytes) -> tuple[str, bytes | None]:
+    """The entity type of ``raw`` (from :func:`encode_event`) and its sealed payload (None:
+    stored in clear)."""
+    meta, _, body = raw.partition(b"\n")
+    doc = orjson.loads(meta)
+    return doc.get("e", ""), (body if doc.get("z") else None)
+
+
+def reseal(raw: bytes, schedule_id: str, sealer: PayloadSealer) -> bytes:
+    """``raw`` with its headers and body sealed afresh by ``sealer`` (with the key its tenant
+    uses now); one stored in clear is sealed. Raises :class:`UndecryptablePayload`."""
+    meta, _, body = raw.partition(b"\n")
+    doc = orjson.loads(meta)
+    if doc.get("z"):
+        headers, body = sealer.open(schedule_id, body)
+    else:
+        headers = doc.pop("h", {})
+        doc["z"] = 1
+        meta = orjson.dumps(doc)
+    return meta + b"\n" + sealer.seal(schedule_id, doc.get("e", ""), headers, body)
