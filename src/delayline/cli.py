@@ -278,6 +278,40 @@ def stats(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     console.print_json(orjson.dumps(result).decode())
 
 
+@app.command("rotate-keys")
+def rotate_keys(
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    interval: Annotated[float, typer.Option(help="Seconds between progress lines.")] = 1.0,
+) -> None:
+    """Re-seal every stored body and headers with the current keys, in the running service's
+    background, printing progress until it ends (the service keeps scheduling and firing)."""
+    path = "/api/v1/schedules/monitoring/rotate-keys"
+    with _api(_settings(), api_url, api_key) as client:
+        status = _call(client, "POST", path)
+        console.print(f"rotating to key {status['key_id']} (started {status['state']})")
+        while True:
+            for name, tier in status["tiers"].items():
+                console.print(
+                    f"  {name}: scanned {tier['scanned']}, re-sealed {tier['rekeyed']}, "
+                    f"restored {tier['restored']}, unreadable {tier['unreadable']}"
+                    + (" (done)" if tier["done"] else "")
+                )
+            if status["state"] != "running":
+                break
+            time.sleep(interval)
+            status = _call(client, "GET", path)
+    if status["state"] == "failed":
+        err.print(f"[red]key rotation failed: {status['error']}[/red]")
+        raise typer.Exit(1)
+    unreadable = sum(t["unreadable"] for t in status["tiers"].values())
+    console.print(
+        f"key rotation done; {unreadable} payload(s) unreadable with this ring"
+        if unreadable
+        else "key rotation done"
+    )
+
+
 @app.command()
 def tail(
     topic: Annotated[str, typer.Argument(help="Topic to watch.")],

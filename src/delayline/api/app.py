@@ -27,7 +27,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError, AuthMiddleware
 from delayline.api.routes_monitoring import PREFIX as MONITORING
-from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, monitoring_router
+from delayline.api.routes_monitoring import (
+    AnalyticsQueries,
+    HealthCheck,
+    KeyRotator,
+    monitoring_router,
+)
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
 from delayline.domain.events import InvalidEventError
@@ -56,6 +61,7 @@ def create_app(
     open_metrics: bool = True,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    rotation: KeyRotator | None = None,
 ) -> FastAPI:
     """The HTTP API over ``service``.
 
@@ -82,6 +88,7 @@ def create_app(
             auth=guard,
             open_health=open_health,
             open_metrics=open_metrics,
+            rotation=rotation,
         )
     )
     app.include_router(schedules_router(service, guard))

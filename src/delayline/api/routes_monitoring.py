@@ -57,6 +57,18 @@ class HealthCheck(Protocol):
         ...
 
 
+class KeyRotator(Protocol):
+    """Re-seals stored payloads with the current keys, in the background."""
+
+    def begin(self) -> dict[str, Any]:
+        """Start a rotation unless one runs; its status."""
+        ...
+
+    def report(self) -> dict[str, Any]:
+        """The status of the last or running rotation."""
+        ...
+
+
 def json_safe(value: Any) -> Any:
     """``value`` made JSON-ready; NaN and infinities (ClickHouse's avg of nothing) become null."""
     encoded = jsonable_encoder(value)
@@ -116,6 +128,7 @@ def monitoring_router(
     auth: Sequence[params.Depends],
     open_health: bool,
     open_metrics: bool,
+    rotation: KeyRotator | None = None,
 ) -> APIRouter:
     """The monitoring routes; health and metrics skip ``auth`` when ``open_*`` is true."""
     router = APIRouter(prefix=PREFIX, tags=["monitoring"])
@@ -152,6 +165,34 @@ def monitoring_router(
     async def post_cleanup() -> Removed:
         """Remove finished schedules past their retention."""
         return Removed(removed=await service.cleanup_old_schedules())
+
+    def _rotation() -> KeyRotator:
+        if rotation is None:
+            raise ApiError(404, "encryption at rest is off (SCHEDULES_ENCRYPTION_KEYS is unset)")
+        return rotation
+
+    @router.post(
+        "/rotate-keys",
+        dependencies=auth,
+        responses={**errors, 404: {"model": ErrorOut}},
+        status_code=202,
+        summary="Re-seal stored payloads with the current keys",
+    )
+    async def post_rotate_keys() -> JSONResponse:
+        """Start re-sealing every stored body and headers with the key its tenant uses now (in
+        the background; one rotation at a time). Poll ``GET`` for progress."""
+        return JSONResponse(_rotation().begin(), status_code=202)
+
+    @router.get(
+        "/rotate-keys",
+        dependencies=auth,
+        responses={**errors, 404: {"model": ErrorOut}},
+        summary="Progress of the key rotation",
+    )
+    async def get_rotate_keys() -> JSONResponse:
+        """State (idle, running, done, failed) and per tier: scanned, re-sealed, restored
+        (parked events put back once readable) and unreadable payloads."""
+        return JSONResponse(_rotation().report())
 
     def _analytics() -> AnalyticsQueries:
         if analytics is None:

@@ -110,6 +110,14 @@ class KeyRotation:
             self._task = asyncio.create_task(self._run(), name="key-rotation")
         return self.status
 
+    def begin(self) -> dict[str, Any]:
+        """:meth:`start`, as the API shows it."""
+        return self.start().as_dict()
+
+    def report(self) -> dict[str, Any]:
+        """The status of the last or running rotation, as the API shows it."""
+        return self.status.as_dict()
+
     async def wait(self) -> RotationStatus:
         """Wait for the running rotation (if any) to end."""
         if self._task is not None:
