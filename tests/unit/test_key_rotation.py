@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
-from delayline.services.rotation import KeyRotation, PageResult
+from delayline.adapters.encryption import RekeyPage
+from delayline.services.rotation import KeyRotation
 
 
 class PagedTier:
-    def __init__(self, pages: list[PageResult], fail_at: int | None = None) -> None:
+    def __init__(self, pages: list[RekeyPage], fail_at: int | None = None) -> None:
         self.pages = pages
         self.calls: list[str] = []
         self.fail_at = fail_at
 
-    async def rekey_page(self, cursor: str, count: int) -> tuple[str, PageResult]:
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
         self.calls.append(cursor)
         i = int(cursor or 0)
         if i == self.fail_at:
@@ -24,8 +25,8 @@ class PagedTier:
 
 
 async def test_rotation_walks_every_page_of_every_tier_and_totals_them() -> None:
-    redis = PagedTier([PageResult(500, 400, 1, 0), PageResult(20, 20, 0, 3)])
-    clickhouse = PagedTier([PageResult(7, 7, 0, 0)])
+    redis = PagedTier([RekeyPage(500, 400, 1, 0), RekeyPage(20, 20, 0, 3)])
+    clickhouse = PagedTier([RekeyPage(7, 7, 0, 0)])
     steps: list[str] = []
     rotation = KeyRotation(
         {"redis": redis, "clickhouse": clickhouse}, "k2", on_step=lambda t, p: steps.append(t)
@@ -46,7 +47,7 @@ async def test_rotation_walks_every_page_of_every_tier_and_totals_them() -> None
 
 
 async def test_a_failing_tier_fails_the_rotation_with_its_error_and_a_new_one_can_start() -> None:
-    tier = PagedTier([PageResult(1, 1), PageResult(1, 1)], fail_at=1)
+    tier = PagedTier([RekeyPage(1, 1), RekeyPage(1, 1)], fail_at=1)
     rotation = KeyRotation({"redis": tier}, "k2")
     rotation.start()
     status = await rotation.wait()
@@ -60,9 +61,9 @@ async def test_a_failing_tier_fails_the_rotation_with_its_error_and_a_new_one_ca
 
 async def test_stop_cancels_a_running_rotation() -> None:
     class Slow:
-        async def rekey_page(self, cursor: str, count: int) -> tuple[str, PageResult]:
+        async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
             await asyncio.sleep(60)
-            return "", PageResult()
+            return "", RekeyPage()
 
     rotation = KeyRotation({"redis": Slow()}, "k2")
     rotation.start()

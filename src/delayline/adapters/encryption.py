@@ -198,3 +198,46 @@ class PayloadCipher:
     def needs_rekey(self, sealed: bytes, entity_type: str) -> bool:
         """True when the payload is not sealed with the key its tenant uses now."""
         return sealed_key_id(sealed) != self.ring.key_id_for(entity_type)
+
+
+SEALED_HEADERS = "~sealed"
+"""The headers column of a ClickHouse row whose body column holds its sealed headers and body
+(never a JSON object: it cannot be taken for headers in clear)."""
+
+
+def seal_columns(
+    cipher: PayloadCipher | None,
+    schedule_id: str,
+    entity_type: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> tuple[bytes, str]:
+    """The ``body`` and ``headers`` columns of a ClickHouse row: sealed with ``cipher``, else
+    in clear (headers as JSON, "" for none)."""
+    if cipher is not None:
+        return cipher.seal(schedule_id, entity_type, headers, body), SEALED_HEADERS
+    return body, (orjson.dumps(dict(headers)).decode() if headers else "")
+
+
+def open_columns(
+    cipher: PayloadCipher | None, schedule_id: str, body: bytes, headers: str
+) -> tuple[dict[str, str], bytes]:
+    """The headers and body of a ClickHouse row's columns; :class:`UndecryptablePayload` when
+    sealed and ``cipher`` cannot open them."""
+    if headers != SEALED_HEADERS:
+        return (orjson.loads(headers) if headers else {}), body
+    if cipher is None:
+        raise UndecryptablePayload(
+            sealed_key_id(body), "undecryptable: sealed, and no key ring configured"
+        )
+    return cipher.open(schedule_id, body)
+
+
+@dataclass
+class RekeyPage:
+    """What one step of a tier's key rotation did."""
+
+    scanned: int = 0
+    rekeyed: int = 0
+    unreadable: int = 0
+    restored: int = 0

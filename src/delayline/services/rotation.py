@@ -17,26 +17,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from delayline.adapters.encryption import RekeyPage
+
 log = logging.getLogger(__name__)
 
 PAGE = 500
 """Payloads read per step: bounds each compare-and-set script and each ClickHouse insert."""
 
 
-@dataclass
-class PageResult:
-    """What one step of a tier's rotation did."""
-
-    scanned: int = 0
-    rekeyed: int = 0
-    unreadable: int = 0
-    restored: int = 0
-
-
 class RekeyableTier(Protocol):
     """A tier whose stored payloads can be re-sealed a page at a time."""
 
-    async def rekey_page(self, cursor: str, count: int) -> tuple[str, PageResult]:
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
         """Re-seal up to ``count`` payloads after ``cursor`` ("" to start); the next cursor
         ("" when done) and what was done."""
         ...
@@ -52,7 +44,7 @@ class TierProgress:
     restored: int = 0
     done: bool = False
 
-    def add(self, page: PageResult) -> None:
+    def add(self, page: RekeyPage) -> None:
         """Count one page."""
         self.scanned += page.scanned
         self.rekeyed += page.rekeyed
@@ -84,7 +76,7 @@ class KeyRotation:
         tiers: dict[str, RekeyableTier],
         current_key_id: str,
         page: int = PAGE,
-        on_step: Callable[[str, PageResult], None] | None = None,
+        on_step: Callable[[str, RekeyPage], None] | None = None,
     ) -> None:
         self._tiers = tiers
         self._key_id = current_key_id

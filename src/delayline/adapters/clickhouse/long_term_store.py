@@ -41,11 +41,19 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from delayline.adapters.clickhouse.migrations import EVENTS_TABLE
+from delayline.adapters.encryption import (
+    SEALED_HEADERS,
+    PayloadCipher,
+    RekeyPage,
+    open_columns,
+    seal_columns,
+    sealed_key_id,
+)
+from delayline.domain.codec import UndecryptablePayload
 from delayline.domain.events import (
     TERMINAL_STATUSES,
     EventStatus,
@@ -180,9 +188,13 @@ class _Client(Protocol):
 
 
 class _Row:
-    """One stored version: the event plus its ``version``, ``retain_from`` and ``listed_at``."""
+    """One stored version: the event plus its ``version``, ``retain_from`` and ``listed_at``.
 
-    __slots__ = ("event", "listed_at", "retain_from", "version")
+    ``sealed``: the body column as stored when the key ring could not open it (the event then
+    has no body or headers, and its ``last_error`` says why); later versions keep it as is.
+    """
+
+    __slots__ = ("event", "listed_at", "retain_from", "sealed", "version")
 
     def __init__(
         self,
@@ -190,11 +202,13 @@ class _Row:
         version: int,
         retain_from: datetime,
         listed_at: datetime | None = None,
+        sealed: bytes | None = None,
     ) -> None:
         self.event = event
         self.version = version
         self.retain_from = retain_from
         self.listed_at = event.scheduled_at if listed_at is None else listed_at
+        self.sealed = sealed
 
 
 class DueEvents(list[ScheduledEvent]):
@@ -218,15 +232,28 @@ class DueEvents(list[ScheduledEvent]):
         return (last.due_us, -last.priority, last.schedule_id)
 
 
-def _decode(row: Sequence[Any]) -> _Row:
+def _open(
+    cipher: PayloadCipher | None, schedule_id: str, body: bytes, headers: str
+) -> tuple[dict[str, str], bytes, UndecryptablePayload | None]:
+    """The headers and body of a row; none, and the error, when they cannot be opened."""
+    try:
+        return (*open_columns(cipher, schedule_id, body, headers), None)
+    except UndecryptablePayload as exc:
+        if cipher is not None:
+            cipher.unreadable.found("clickhouse", exc)
+        return {}, b"", exc
+
+
+def _decode(row: Sequence[Any], cipher: PayloadCipher | None = None) -> _Row:
+    headers, body, unreadable = _open(cipher, row[0], row[4], row[6])
     event = ScheduledEvent(
         schedule_id=row[0],
         topic=row[1],
         entity_type=row[2],
         action=row[3],
-        body=row[4],
+        body=body,
         correlation_id=row[5],
-        headers=orjson.loads(row[6]) if row[6] else {},
+        headers=headers,
         scheduled_at=from_epoch_us(int(row[7])),
         max_delay_seconds=int(row[8]),
         priority=int(row[9]),
@@ -234,9 +261,15 @@ def _decode(row: Sequence[Any]) -> _Row:
         created_at=from_epoch_us(int(row[11])),
         updated_at=from_epoch_us(int(row[12])),
         attempts=int(row[13]),
-        last_error=row[14] or None,
+        last_error=unreadable.reason if unreadable else (row[14] or None),
     )
-    return _Row(event, int(row[15]), from_epoch_us(int(row[16])), from_epoch_us(int(row[17])))
+    return _Row(
+        event,
+        int(row[15]),
+        from_epoch_us(int(row[16])),
+        from_epoch_us(int(row[17])),
+        sealed=row[4] if unreadable else None,
+    )
 
 
 _STATUS = {status.value: status for status in EventStatus}
@@ -262,7 +295,7 @@ def _event(values: Sequence[Any]) -> ScheduledEvent:
     return event
 
 
-def _decode_arrow(table: pa.Table) -> list[_Row]:
+def _decode_arrow(table: pa.Table, cipher: PayloadCipher | None = None) -> list[_Row]:
     """The rows of a ``query_arrow`` result (columns of :data:`_ARROW_SCHEMA`), decoded column
     by column."""
     c: dict[str, list[Any]] = {
@@ -272,9 +305,17 @@ def _decode_arrow(table: pa.Table) -> list[_Row]:
     }
     for name in ("scheduled_at", "created_at", "updated_at", "retain_from", "listed_at"):
         c[name] = _datetimes(table.column(name))
-    headers = [orjson.loads(h) if h else {} for h in c["headers"]]
+    opened = [
+        _open(cipher, sid, body, headers)
+        for sid, body, headers in zip(c["schedule_id"], c["body"], c["headers"], strict=True)
+    ]
+    sealed = [body if o[2] else None for body, o in zip(c["body"], opened, strict=True)]
+    c["body"] = [o[1] for o in opened]
+    headers = [o[0] for o in opened]
     statuses = [_STATUS[s] for s in c["status"]]
-    errors = [e or None for e in c["last_error"]]
+    errors = [
+        o[2].reason if o[2] else (e or None) for e, o in zip(c["last_error"], opened, strict=True)
+    ]
     rows = zip(
         c["schedule_id"],
         c["topic"],
@@ -294,26 +335,32 @@ def _decode_arrow(table: pa.Table) -> list[_Row]:
         strict=True,
     )
     return [
-        _Row(_event(values), version, retain, listed)
-        for values, version, retain, listed in zip(
-            rows, c["version"], c["retain_from"], c["listed_at"], strict=True
+        _Row(_event(values), version, retain, listed, sealed_body)
+        for values, version, retain, listed, sealed_body in zip(
+            rows, c["version"], c["retain_from"], c["listed_at"], sealed, strict=True
         )
     ]
 
 
-def _to_arrow(rows: Sequence[_Row]) -> pa.Table:
+def _payload_columns(row: _Row, cipher: PayloadCipher | None) -> tuple[bytes, str]:
+    if row.sealed is not None:  # could not be opened: kept as it was
+        return row.sealed, SEALED_HEADERS
+    e = row.event
+    return seal_columns(cipher, e.schedule_id, e.entity_type, e.headers, e.body)
+
+
+def _to_arrow(rows: Sequence[_Row], cipher: PayloadCipher | None = None) -> pa.Table:
     events = [r.event for r in rows]
+    payloads = [_payload_columns(r, cipher) for r in rows]
     return pa.Table.from_pydict(
         {
             "schedule_id": [e.schedule_id for e in events],
             "topic": [e.topic for e in events],
             "entity_type": [e.entity_type for e in events],
             "action": [e.action for e in events],
-            "body": [e.body for e in events],
+            "body": [p[0] for p in payloads],
             "correlation_id": [e.correlation_id for e in events],
-            "headers": [
-                orjson.dumps(dict(e.headers)).decode() if e.headers else "" for e in events
-            ],
+            "headers": [p[1] for p in payloads],
             # Aware datetimes go to Arrow as they are: converted in C, ~10x faster than Python.
             "scheduled_at": [e.scheduled_at for e in events],
             "max_delay_seconds": [e.max_delay_seconds for e in events],
@@ -346,6 +393,13 @@ def same_content(a: ScheduledEvent, b: ScheduledEvent) -> bool:
     )
 
 
+def _key_id_or_none(head: bytes) -> str | None:
+    try:
+        return sealed_key_id(head)
+    except UndecryptablePayload:
+        return None
+
+
 def _chunks(items: Sequence[str], size: int = _LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -355,9 +409,10 @@ class ClickHouseLongTermStore:
     """:class:`delayline.ports.LongTermStore` on ``{database}.event_schedules``, plus what the
     sync, cleanup and stats need. The table must exist (``run_migrations``)."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: _Client, cipher: PayloadCipher | None = None) -> None:
         self._client = client
         self._table = f"{client.database}.{EVENTS_TABLE}"
+        self._cipher = cipher
 
     async def _current(self, ids: Sequence[str]) -> dict[str, _Row]:
         """The newest version of each stored id."""
@@ -370,13 +425,13 @@ class ClickHouseLongTermStore:
                 column_formats=_BODY_AS_BYTES,
             )
             for raw in rows:
-                row = _decode(raw)
+                row = _decode(raw, self._cipher)
                 found[row.event.schedule_id] = row
         return found
 
     async def _write(self, rows: Sequence[_Row]) -> None:
         if rows:
-            await self._client.insert_arrow(self._table, _to_arrow(rows))
+            await self._client.insert_arrow(self._table, _to_arrow(rows, self._cipher))
 
     @staticmethod
     def _next(row: _Row, event: ScheduledEvent, bump: int) -> _Row:
@@ -384,7 +439,7 @@ class ClickHouseLongTermStore:
         ``listed_at`` is no later than ``row``'s due time (module docstring)."""
         retain = max(row.retain_from, event.scheduled_at, event.updated_at)
         listed = min(event.scheduled_at, row.event.scheduled_at)
-        return _Row(event, row.version + bump, retain, listed)
+        return _Row(event, row.version + bump, retain, listed, row.sealed)
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
         """Insert events whose schedule_id is not stored yet, in ONE Arrow insert.
@@ -553,7 +608,18 @@ class ClickHouseLongTermStore:
                 break  # nothing pending after hi
             lo = hi
         table = pa.concat_tables(found) if found else _ARROW_SCHEMA.empty_table()
-        return DueEvents(_decode_arrow(table), table, until_us, start)
+        rows = _decode_arrow(table, self._cipher)
+        unreadable = [r for r in rows if r.sealed is not None]
+        if unreadable:  # never moved to Redis: failed here, with the reason, sealed as it was
+            now = utc_now()
+            await self._write(
+                [
+                    self._next(r, r.event.with_status(EventStatus.FAILED, at=now), 2)
+                    for r in unreadable
+                ]
+            )
+            rows = [r for r in rows if r.sealed is None]
+        return DueEvents(rows, table, until_us, start)
 
     async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
         """Write ``queued`` for each event still exactly as :meth:`due_before` returned it.
@@ -725,6 +791,49 @@ class ClickHouseLongTermStore:
                 params,
             )
         return count
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        """One step of a key rotation: of up to ``count`` events after id ``cursor``, write a
+        new version of those not sealed with their tenant's key now (re-sealed on write), and
+        of those failed as undecryptable that the ring opens again (pending again). Returns the
+        next cursor ("" when done). The new version is ``current + 1``: a user's cancel or
+        reschedule (``+ 2``) always wins over it."""
+        cipher = self._cipher
+        if cipher is None:
+            raise ValueError("no key ring configured")
+        heads = await self._client.query(
+            "SELECT schedule_id, entity_type, substring(body, 1, 128) AS head, headers, "
+            f"CAST(status, 'String'), last_error FROM {self._table} FINAL "
+            "WHERE schedule_id > {after:String} ORDER BY schedule_id LIMIT {n:UInt32}"
+            + _FINAL_SETTINGS,
+            {"after": cursor, "n": count},
+            column_formats={"head": "bytes"},
+        )
+        page = RekeyPage(scanned=len(heads))
+        stale = [
+            str(sid)
+            for sid, entity, head, headers, status, error in heads
+            if (status == EventStatus.FAILED and str(error).startswith("undecryptable"))
+            or headers != SEALED_HEADERS
+            or _key_id_or_none(head) != cipher.ring.key_id_for(entity)
+        ]
+        now = utc_now()
+        rows: list[_Row] = []
+        for row in (await self._current(stale)).values():
+            event = row.event
+            if row.sealed is not None:
+                page.unreadable += 1
+                continue
+            if event.status is EventStatus.FAILED and (event.last_error or "").startswith(
+                "undecryptable"
+            ):
+                event = replace(event, status=EventStatus.PENDING, last_error=None, updated_at=now)
+                page.restored += 1
+            else:
+                page.rekeyed += 1
+            rows.append(self._next(row, event, 1))
+        await self._write(rows)
+        return (str(heads[-1][0]) if len(heads) == count else ""), page
 
     async def counts(self) -> dict[str, int]:
         """Events per status (every status present, 0 when none)."""
