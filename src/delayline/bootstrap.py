@@ -26,6 +26,7 @@ from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, write_private
+from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
@@ -42,6 +43,7 @@ from delayline.resilience import CircuitBreaker, Guarded
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
+from delayline.services.rotation import KeyRotation, RekeyableTier
 from delayline.services.scheduler import SchedulerService
 from delayline.services.sync import SyncService
 from delayline.settings import Settings, is_loopback
@@ -63,6 +65,10 @@ class Components:
 
 class IngressStalled(RuntimeError):
     """The Kafka consumer cannot get past a batch (a store or the dead-letter topic down)."""
+
+
+class UnreadablePayloads(RuntimeError):
+    """Stored events whose payload the key ring cannot open (a key missing or wrong)."""
 
 
 class DataDirInUseError(RuntimeError):
@@ -143,6 +149,13 @@ class Application:
         self._service: SchedulerService | None = None
         self._stopping = asyncio.Event()
         self._data_dir_lock: IO[str] | None = None
+        ring = settings.key_ring()
+        self.cipher = (
+            None
+            if ring is None
+            else PayloadCipher(ring, UnreadableEvents(on_found=self.metrics.undecryptable))
+        )
+        self.rotation: KeyRotation | None = None
 
     @property
     def service(self) -> SchedulerService:
@@ -177,7 +190,10 @@ class Application:
         await self._start_kafka()
         assert self._redis is not None
         near = RedisNearTermStore(
-            self._redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
+            self._redis,
+            prefix=s.redis_key_prefix,
+            result_ttl_seconds=s.result_ttl_seconds,
+            cipher=self.cipher,
         )
         # Guarded adapters keep their type's interface; outages become DependencyUnavailable.
         self.near = cast(RedisNearTermStore, Guarded(near, self.breakers["redis"]))
@@ -196,6 +212,9 @@ class Application:
         )
         await self.lifecycle.start()
         lifecycle = self.lifecycle
+        if self.cipher is not None:
+            tiers: dict[str, RekeyableTier] = {"redis": self.near, "clickhouse": self.far}
+            self.rotation = KeyRotation(tiers, self.cipher.ring.current)
         self.sync = SyncService(
             self.near,
             self.far,
@@ -276,7 +295,7 @@ class Application:
             await run_migrations(
                 self.clickhouse, ttl_days=s.execution_history_ttl_days, progress=log.info
             )
-        far = ClickHouseLongTermStore(self.clickhouse)
+        far = ClickHouseLongTermStore(self.clickhouse, self.cipher)
         self.far = cast(ClickHouseLongTermStore, Guarded(far, self.breakers["clickhouse"]))
 
     async def _start_analytics(self) -> None:
@@ -348,11 +367,26 @@ class Application:
                 )
             return True
 
+        async def encryption_ok() -> object:
+            assert self.near is not None and self.cipher is not None
+            parked = await self.near.parked()
+            seen = self.cipher.unreadable.snapshot()
+            failed = sum(seen["found"].get("clickhouse", {}).values())
+            if parked or failed:
+                raise UnreadablePayloads(
+                    f"{parked} event(s) parked in Redis, {failed} failed in ClickHouse since "
+                    f"start; last: {'; '.join(seen['last_reason'].values()) or '?'} "
+                    "(restore the key and run `delayline rotate-keys`)"
+                )
+            return True
+
         probes: dict[str, Probe] = {
             "redis": redis_ok,
             "clickhouse": clickhouse_ok,
             "kafka": kafka_ok,
         }
+        if self.cipher is not None:
+            probes["encryption"] = encryption_ok
         if self.components.consumer:
             probes["ingress"] = ingress_ok
         return DependencyHealth(
@@ -374,7 +408,12 @@ class Application:
             )
         analytics = self.analytics if s.analytics_enabled else None
         self.api_server = build_api_server(
-            s, self.service, analytics=analytics, health=self.health(), metrics=self.metrics
+            s,
+            self.service,
+            analytics=analytics,
+            health=self.health(),
+            metrics=self.metrics,
+            rotation=self.rotation,
         )
         self._tasks.append(asyncio.create_task(self.api_server.serve(), name="api"))
         for _ in range(500):  # wait until it listens, so start() returning means "serving"
@@ -461,6 +500,8 @@ class Application:
             if self.firing is not None
             else None
         )
+        if self.rotation is not None:
+            await self.rotation.stop()
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout)
             for task in pending:

@@ -173,6 +173,14 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.undecryptable_events = Counter(
+            "undecryptable_events",
+            "Stored events whose payload the key ring could not open (parked or failed), "
+            "by tier and key id.",
+            ["tier", "key_id"],
+            namespace=ns,
+            registry=reg,
+        )
         self._initialize_series()
 
     def _initialize_series(self) -> None:
@@ -262,6 +270,10 @@ class Metrics:
     def auth_failed(self) -> None:
         """Count one request refused for a missing or wrong API key."""
         self.auth_failures.inc()
+
+    def undecryptable(self, tier: str, key_id: str, n: int = 1) -> None:
+        """Count ``n`` events of ``tier`` whose payload key ``key_id`` could not open."""
+        self.undecryptable_events.labels(tier=_pick(tier, TIERS), key_id=key_id[:64]).inc(n)
 
     # --- exposition ------------------------------------------------------------------------------
     def render(self) -> bytes:

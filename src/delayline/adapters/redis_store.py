@@ -18,6 +18,8 @@ Cluster slot; the tag is the unit of sharding):
 - ``{p}:results:<n>`` HASH id → ``status|epoch µs|revision|reason``, one hash per
                          ``result_ttl_seconds`` of time: an outcome is remembered between one
                          and two TTLs (one EXPIRE per bucket, not one key per event)
+- ``{p}:parked``   HASH  id → reason + newline + stored value of an event whose payload the
+                         key ring could not open when it was claimed (encryption at rest)
 - channel ``{p}:wake`` carries the due time of an event that became the earliest.
 
 Among equal due times the member prefix makes higher priorities sort (and fire) first, then
@@ -28,6 +30,7 @@ docs/INGRESS.md).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -38,9 +41,21 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from delayline.domain.codec import decode_event, encode_event
+from delayline.adapters.encryption import PayloadCipher, RekeyPage
+from delayline.domain.codec import (
+    PayloadSealer,
+    UndecryptablePayload,
+    decode_event,
+    decode_unopened,
+    encode_event,
+    reseal,
+    sealed_part,
+    with_due,
+)
 from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us
 from delayline.ports import Claim, Finished
+
+log = logging.getLogger(__name__)
 
 _PRIORITY_OFFSET = 2**31 - 1
 _PREFIX_LEN = 21
@@ -53,10 +68,13 @@ def priority_part(priority: int) -> str:
     return f"{_PRIORITY_OFFSET - priority:08x}"
 
 
-def stored_body(event: ScheduledEvent, revision: str = "") -> bytes:
+def stored_body(
+    event: ScheduledEvent, revision: str = "", sealer: PayloadSealer | None = None
+) -> bytes:
     """The payload hash value without its member prefix (the scripts add it): the codec's
-    bytes, with ``revision`` as the JSON's first field when there is one."""
-    encoded = encode_event(event)
+    bytes (headers and body sealed with ``sealer``), with ``revision`` as the JSON's first
+    field when there is one."""
+    encoded = encode_event(event, sealer)
     if not revision:
         return encoded
     return b'{"r":"' + revision.encode() + b'",' + encoded[1:]
@@ -76,8 +94,15 @@ def _load_script(name: str) -> str:
 class RedisNearTermStore:
     """:class:`delayline.ports.NearTermStore` on one Redis/Valkey (or one Cluster slot)."""
 
-    def __init__(self, client: Redis, prefix: str = "delayline", result_ttl_seconds: int = 3600):
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str = "delayline",
+        result_ttl_seconds: int = 3600,
+        cipher: PayloadCipher | None = None,
+    ):
         self._redis = client
+        self._cipher = cipher
         tag = "{" + prefix + "}"
         self._tag = tag
         self.due_key = f"{tag}:due"
@@ -85,6 +110,7 @@ class RedisNearTermStore:
         self.inflight_key = f"{tag}:inflight"
         self.leases_key = f"{tag}:leases"
         self.counts_key = f"{tag}:counts"
+        self.parked_key = f"{tag}:parked"
         self.seq_key = f"{tag}:seq"
         self.next_key = f"{tag}:next"
         self.channel = f"{tag}:wake"
@@ -103,6 +129,9 @@ class RedisNearTermStore:
                 "get",
                 "discard",
                 "orphans",
+                "park",
+                "rekey",
+                "unpark",
             )
         }
 
@@ -149,7 +178,7 @@ class RedisNearTermStore:
             args += [
                 priority_part(event.priority) + event.schedule_id,
                 event.due_us,
-                stored_body(event),
+                stored_body(event, sealer=self._cipher),
             ]
         return keys, args
 
@@ -178,7 +207,7 @@ class RedisNearTermStore:
                     "n" if here else "f",
                     priority_part(event.priority) + event.schedule_id,
                     event.due_us,
-                    stored_body(event, revision),
+                    stored_body(event, revision, self._cipher),
                 ]
             codes += [int(code) for code in await self._run("upsert", keys, args)]
         return codes
@@ -207,14 +236,106 @@ class RedisNearTermStore:
         fire_at: list[int] = []
         tail = flat.pop() if flat else b""
         next_due = int(float(tail)) if tail else None
+        unreadable: list[tuple[str, UndecryptablePayload]] = []
         for i in range(0, len(flat), 3):
             value: bytes = flat[i + 2]
             if not value:
                 continue  # payload vanished: nothing to fire (cannot happen via the scripts)
             schedule_id = flat[i].decode()
-            events.append(decode_event(_codec_bytes(value), schedule_id, EventStatus.PROCESSING))
+            try:
+                event = decode_event(
+                    _codec_bytes(value), schedule_id, EventStatus.PROCESSING, self._cipher
+                )
+            except UndecryptablePayload as exc:
+                unreadable.append((schedule_id, exc))
+                continue
+            events.append(event)
             fire_at.append(int(float(flat[i + 1])))
+        if unreadable:
+            await self._park(token, unreadable)
         return Claim(token=token, events=events, next_due_us=next_due, fire_at_us=fire_at)
+
+    async def _park(
+        self, token: str, unreadable: Sequence[tuple[str, UndecryptablePayload]]
+    ) -> None:
+        """Set claimed events the ring cannot open aside, kept with the reason (``park.lua``)."""
+        args: list[Any] = [token]
+        for schedule_id, exc in unreadable:
+            args += [schedule_id, exc.reason]
+            if self._cipher is not None:
+                self._cipher.unreadable.found("redis", exc)
+        keys = [
+            self.inflight_key,
+            self.leases_key,
+            self.payload_key,
+            self.parked_key,
+            self.due_key,
+            self.next_key,
+            self.seq_key,
+        ]
+        parked = await self._run("park", keys, args)
+        log.warning(
+            "parked %d event(s) whose payload cannot be opened: %s",
+            parked,
+            unreadable[0][1].reason,
+        )
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        """One step of a key rotation: ``p<n>`` walks the payload hash (re-sealing values not
+        sealed with their tenant's key now, each only if unchanged since read), then ``k<n>``
+        the parked hash (scheduling again the events the ring opens now). Returns the next
+        cursor ("" when done)."""
+        phase, position = cursor[:1] or "p", int(cursor[1:] or 0)
+        key = self.payload_key if phase == "p" else self.parked_key
+        position, flat = await self._redis.hscan(key, position, count=count)
+        assert isinstance(flat, dict)  # HSCAN pairs (decode_responses is off)
+        items = [(_as_bytes(k).decode(), _as_bytes(v)) for k, v in flat.items()]
+        page = RekeyPage(scanned=len(items))
+        await (self._rekey if phase == "p" else self._unpark)(items, page)
+        if position:
+            return f"{phase}{position}", page
+        return ("k0" if phase == "p" else ""), page
+
+    def _require_cipher(self) -> PayloadCipher:
+        if self._cipher is None:
+            raise ValueError("no key ring configured")
+        return self._cipher
+
+    async def _rekey(self, items: Sequence[tuple[str, bytes]], page: RekeyPage) -> None:
+        cipher = self._require_cipher()
+        args: list[Any] = []
+        for schedule_id, value in items:
+            raw = _codec_bytes(value)
+            entity_type, sealed = sealed_part(raw)
+            try:
+                if sealed is not None and not cipher.needs_rekey(sealed, entity_type):
+                    continue
+                new = value[: len(value) - len(raw)] + reseal(raw, schedule_id, cipher)
+            except UndecryptablePayload:
+                page.unreadable += 1  # parked when it is claimed
+                continue
+            args += [schedule_id, value, new]
+        if args:
+            page.rekeyed += int(await self._run("rekey", [self.payload_key], args))
+
+    async def _unpark(self, items: Sequence[tuple[str, bytes]], page: RekeyPage) -> None:
+        cipher = self._require_cipher()
+        found: list[tuple[str, bytes, ScheduledEvent]] = []
+        for schedule_id, parked in items:
+            raw = _codec_bytes(parked.partition(b"\n")[2])
+            try:
+                found.append((schedule_id, parked, decode_event(raw, schedule_id, sealer=cipher)))
+            except UndecryptablePayload:
+                page.unreadable += 1
+        if not found:
+            return
+        await self.schedule([event for _, _, event in found])  # insert-if-absent
+        args = [x for schedule_id, parked, _ in found for x in (schedule_id, parked)]
+        page.restored += int(await self._run("unpark", [self.parked_key], args))
+
+    async def parked(self) -> int:
+        """How many events are parked (their payload could not be opened)."""
+        return int(await self._redis.hlen(self.parked_key))
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None = None) -> int:
         """Final states (remembered as of ``now_us``, default now) for events still leased
@@ -252,7 +373,13 @@ class RedisNearTermStore:
                 self.next_key,
                 self.seq_key,
             ],
-            [token, event.schedule_id, due_us, stored_body(event), self.channel],
+            [
+                token,
+                event.schedule_id,
+                due_us,
+                stored_body(event, sealer=self._cipher),
+                self.channel,
+            ],
         )
         return bool(done)
 
@@ -280,8 +407,21 @@ class RedisNearTermStore:
         """
         args: list[Any] = [schedule_id]
         if written is not None:
-            args.append(stored_body(written))
+            current = await self._redis.hget(self.payload_key, schedule_id)
+            if not isinstance(current, bytes) or not self._holds(current, schedule_id, written):
+                return False
+            args.append(_codec_bytes(current))  # compare-and-set on the value just read
         return bool(await self._run("discard", [self.due_key, self.payload_key], args))
+
+    def _holds(self, value: bytes, schedule_id: str, written: ScheduledEvent) -> bool:
+        """True when ``value`` is the stored form of ``written`` (sealed ones differ in their
+        nonce: compared opened)."""
+        if self._cipher is None:
+            return _codec_bytes(value) == stored_body(written)
+        try:
+            return decode_event(_codec_bytes(value), schedule_id, sealer=self._cipher) == written
+        except UndecryptablePayload:
+            return False
 
     async def remove_orphans(self, scan_count: int = 500) -> int:
         """Remove payloads and inflight entries nothing refers to; returns how many."""
@@ -304,8 +444,7 @@ class RedisNearTermStore:
             current = await self._redis.hget(self.payload_key, schedule_id)
             if not isinstance(current, bytes):
                 return False
-            event = decode_event(_codec_bytes(current), schedule_id)
-            moved = _with_due(event, due_us)
+            moved = with_due(_codec_bytes(current), due_us)  # a sealed payload stays sealed
             done = int(
                 await self._run(
                     "reschedule",
@@ -314,7 +453,7 @@ class RedisNearTermStore:
                         schedule_id,
                         current,
                         due_us,
-                        stored_body(moved),
+                        moved,
                         self.channel,
                     ],
                 )
@@ -350,10 +489,23 @@ class RedisNearTermStore:
         if value:
             status = EventStatus.PROCESSING if lease else EventStatus.PENDING
             # scheduled_at stays the original while a retry waits (the score is the retry time)
-            return decode_event(_codec_bytes(value), schedule_id, status)
+            return self._readable(_codec_bytes(value), schedule_id, status)
         if result:
             return _finished_stub(schedule_id, result)
+        parked = await self._redis.hget(self.parked_key, schedule_id)
+        if isinstance(parked, bytes):
+            reason, _, value = parked.partition(b"\n")
+            event = self._readable(_codec_bytes(value), schedule_id, EventStatus.FAILED)
+            return replace(event, last_error=f"parked: {reason.decode()}")
         return None
+
+    def _readable(self, raw: bytes, schedule_id: str, status: EventStatus) -> ScheduledEvent:
+        """The stored event; one the ring cannot open comes without body and headers, its
+        ``last_error`` saying why."""
+        try:
+            return decode_event(raw, schedule_id, status, self._cipher)
+        except UndecryptablePayload as exc:
+            return decode_unopened(raw, schedule_id, status, exc.reason)
 
     async def next_due_us(self) -> int | None:
         """Due time of the earliest pending event."""
@@ -397,6 +549,7 @@ class RedisNearTermStore:
             self.counts_key,
             self.seq_key,
             self.next_key,
+            self.parked_key,
         ]
         await self._redis.delete(*keys)
         async for key in self._redis.scan_iter(match=f"{self._tag}:results:*", count=1000):
@@ -409,6 +562,10 @@ def _now_us() -> int:
 
 def _with_due(event: ScheduledEvent, due_us: int) -> ScheduledEvent:
     return replace(event, scheduled_at=from_epoch_us(due_us))
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 async def _zscan_ids(client: Redis, key: str, count: int) -> AsyncIterator[list[bytes]]:

@@ -21,7 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from delayline.api.app import create_app
-from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck
+from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, KeyRotator
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi
 from delayline.settings import Settings
@@ -84,6 +84,7 @@ def build_api_server(
     analytics: AnalyticsQueries | None,
     health: HealthCheck,
     metrics: Metrics,
+    rotation: KeyRotator | None = None,
 ) -> ApiServer:
     """The API on ``settings.api_host``/``api_port`` with its limits (see the module docstring)."""
     s = settings
@@ -97,6 +98,7 @@ def build_api_server(
         open_metrics=s.api_open_metrics,
         max_request_bytes=s.api_max_request_bytes,
         body_timeout=s.api_body_timeout,
+        rotation=rotation,
     )
     protocol = type(
         "ApiH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": s.api_header_timeout}

@@ -15,6 +15,7 @@ in the body's place and the JSON carries ``"z": 1`` instead of ``"h"``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -108,6 +109,24 @@ def decode_event(
         if sealer is None:
             raise UndecryptablePayload("", "undecryptable: sealed, and no key ring configured")
         headers, body = sealer.open(schedule_id, body)
+    return _event(doc, schedule_id, status, headers, body)
+
+
+def decode_unopened(
+    raw: bytes, schedule_id: str, status: EventStatus, reason: str
+) -> ScheduledEvent:
+    """The event of ``raw`` without its (sealed) headers and body, ``reason`` as its error."""
+    doc = orjson.loads(raw.partition(b"\n")[0])
+    return replace(_event(doc, schedule_id, status, {}, b""), last_error=reason)
+
+
+def _event(
+    doc: dict[str, Any],
+    schedule_id: str,
+    status: EventStatus,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> ScheduledEvent:
     due_us: int = doc["s"]
     created = from_epoch_us(due_us - doc["d"] if "d" in doc else doc["k"])
     return ScheduledEvent(
