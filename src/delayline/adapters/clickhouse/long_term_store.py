@@ -614,7 +614,7 @@ class ClickHouseLongTermStore:
             now = utc_now()
             await self._write(
                 [
-                    self._next(r, r.event.with_status(EventStatus.FAILED, at=now), 2)
+                    self._next(r, replace(r.event, status=EventStatus.FAILED, updated_at=now), 2)
                     for r in unreadable
                 ]
             )
