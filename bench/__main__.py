@@ -27,7 +27,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import firing, flood, kafka_ingest, lifecycle, memory, plots, precision, scheduling
+from bench import (
+    encryption,
+    firing,
+    flood,
+    kafka_ingest,
+    lifecycle,
+    memory,
+    plots,
+    precision,
+    scheduling,
+)
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
 from bench.report import peer_ratios, print_table
@@ -45,6 +55,7 @@ FULL: dict[str, Any] = {
     "longterm": {"n_insert": 1_000_000, "n_total": 10_000_000, "n_due": 100_000},
     "lifecycle": {"n_total": 10_000_000, "n_key": 100, "repeat": 5},
     "flood": {"rate": 200, "duration": 20.0, "clients": 8},
+    "encryption": {"n": 50_000},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -57,6 +68,7 @@ QUICK: dict[str, Any] = {
     "longterm": {"n_insert": 5_000, "n_total": 20_000, "n_due": 1_000},
     "lifecycle": {"n_total": 20_000, "n_key": 10, "repeat": 3},
     "flood": {"rate": 100, "duration": 3.0, "clients": 2},
+    "encryption": {"n": 2_000},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -110,6 +122,7 @@ def _scenario_runners(
         "longterm": longterm,
         "lifecycle": lambda: lifecycle.run(url, chdb_dsn, **sizes["lifecycle"]),
         "flood": lambda: flood.run(url, boot, chdb_dsn, **sizes["flood"]),
+        "encryption": lambda: encryption.run(url, boot, sizes["encryption"]["n"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }

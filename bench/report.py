@@ -64,6 +64,33 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"chunk {s['best_chunk']}" + (" (median)" if "median" in s else ""),
             )
         )
+    if "on" in res.get("encryption", {}):
+        e = res["encryption"]
+        off, on = e["off"], e["on"]
+        out.append(
+            (
+                "enc: schedule → Redis, off / on",
+                f"{_rate(off['schedule_events_per_s'])} / {_rate(on['schedule_events_per_s'])}",
+                "",
+                f"on = {e['schedule_ratio_on_off']:.2f}× off",
+            )
+        )
+        out.append(
+            (
+                "enc: firing, off / on",
+                f"{_rate(off['fire_events_per_s'])} / {_rate(on['fire_events_per_s'])}",
+                "",
+                f"on = {e['fire_ratio_on_off']:.2f}× off",
+            )
+        )
+        out.append(
+            (
+                "enc: Redis payload B/event, off / on",
+                f"{off['payload_bytes_per_event']:.0f} / {on['payload_bytes_per_event']:.0f}",
+                "",
+                f"seal {e['seal_us']:.1f} µs, open {e['open_us']:.1f} µs",
+            )
+        )
     if "events_per_s" in res.get("kafka", {}):
         k = res["kafka"]
         out.append(
