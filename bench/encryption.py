@@ -118,7 +118,7 @@ def _seal_open_us(rounds: int = 20_000) -> dict[str, float]:
     return {"seal_us": sealed_us, "open_us": (time.perf_counter() - started) / rounds * 1e6}
 
 
-async def run(redis_url: str, bootstrap: str, n: int, rounds: int = 2) -> Result:
+async def run(redis_url: str, bootstrap: str, n: int, rounds: int = 4) -> Result:
     """Scheduling and firing throughput and bytes per event, encryption off vs on."""
     modes: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     for i in range(rounds):
