@@ -25,6 +25,7 @@ from delayline.domain.codec import (
     is_sealed,
     reseal,
     sealed_part,
+    with_due,
 )
 from delayline.domain.events import ScheduledEvent
 from delayline.settings import SettingsError, load_settings
@@ -228,3 +229,14 @@ def test_unreadable_events_are_counted_per_tier_and_key() -> None:
     snap = c.unreadable.snapshot()
     assert snap["found"] == {"redis": {"k1": 2}}
     assert snap["last_reason"] == {"redis": "undecryptable: key k1 missing"}
+
+
+def test_with_due_moves_a_sealed_event_without_opening_it() -> None:
+    e = event()
+    raw = encode_event(e, cipher())
+    later = e.due_us + 3_600_000_000
+    moved = with_due(raw, later)
+    assert moved.partition(b"\n")[2] == raw.partition(b"\n")[2]  # the sealed part unchanged
+    got = decode_event(moved, e.schedule_id, sealer=cipher())
+    assert got.due_us == later and got.created_at == e.created_at
+    assert (got.body, got.headers) == (e.body, e.headers)

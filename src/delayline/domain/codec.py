@@ -168,3 +168,14 @@ def reseal(raw: bytes, schedule_id: str, sealer: PayloadSealer) -> bytes:
         doc["z"] = 1
         meta = orjson.dumps(doc)
     return meta + b"\n" + sealer.seal(schedule_id, doc.get("e", ""), headers, body)
+
+
+def with_due(raw: bytes, due_us: int) -> bytes:
+    """``raw`` due at ``due_us`` instead, its creation time kept; the headers and body are not
+    touched (a sealed payload is moved without being opened)."""
+    meta, _, body = raw.partition(b"\n")
+    doc = orjson.loads(meta)
+    if "d" in doc:
+        doc["d"] += due_us - doc["s"]
+    doc["s"] = due_us
+    return orjson.dumps(doc) + b"\n" + body
