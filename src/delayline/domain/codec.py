@@ -172,9 +172,11 @@ def reseal(raw: bytes, schedule_id: str, sealer: PayloadSealer) -> bytes:
 
 def with_due(raw: bytes, due_us: int) -> bytes:
     """``raw`` due at ``due_us`` instead, its creation time kept; the headers and body are not
-    touched (a sealed payload is moved without being opened)."""
+    touched (a sealed payload is moved without being opened). A store's own field ``"r"`` (the
+    Redis tier's revision) is left out: the store keeps it itself."""
     meta, _, body = raw.partition(b"\n")
     doc = orjson.loads(meta)
+    doc.pop("r", None)
     if "d" in doc:
         doc["d"] += due_us - doc["s"]
     doc["s"] = due_us

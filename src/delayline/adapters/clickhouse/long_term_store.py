@@ -434,12 +434,13 @@ class ClickHouseLongTermStore:
             await self._client.insert_arrow(self._table, _to_arrow(rows, self._cipher))
 
     @staticmethod
-    def _next(row: _Row, event: ScheduledEvent, bump: int) -> _Row:
+    def _next(row: _Row, event: ScheduledEvent, bump: int, new_payload: bool = False) -> _Row:
         """The version after ``row`` holding ``event``; ``retain_from`` never decreases, and
         ``listed_at`` is no later than ``row``'s due time (module docstring)."""
         retain = max(row.retain_from, event.scheduled_at, event.updated_at)
         listed = min(event.scheduled_at, row.event.scheduled_at)
-        return _Row(event, row.version + bump, retain, listed, row.sealed)
+        sealed = None if new_payload else row.sealed  # unopened: kept unless replaced
+        return _Row(event, row.version + bump, retain, listed, sealed)
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
         """Insert events whose schedule_id is not stored yet, in ONE Arrow insert.
@@ -500,7 +501,7 @@ class ClickHouseLongTermStore:
                     created_at=row.event.created_at,
                     updated_at=now,
                 )
-                new = self._next(row, version, 2)
+                new = self._next(row, version, 2, new_payload=True)
                 codes.append(2)
             current[event.schedule_id] = new
             rows.append(new)
