@@ -13,6 +13,7 @@ import base64
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,7 @@ async def test_a_removed_key_parks_the_event_with_its_reason_until_restored(
         async with http(first) as client:
             await post(client, "acme-near", target, 5, entity_type="acme")
             await post(client, "acme-far", target, HORIZON + 3, entity_type="acme")
+            await post(client, "acme-later", target, 3600, entity_type="acme")
             await post(client, "globex", target, 5, entity_type="globex")
         await first.stop()
         # The tenant's key is deleted: its events are unreadable, the others fire.
@@ -277,6 +279,16 @@ async def test_a_removed_key_parks_the_event_with_its_reason_until_restored(
             kept = (await raw_redis(redis_client, unique, "parked"))["acme-near"]
             assert kept.startswith(b"undecryptable: key t-acme missing\n")
             assert_no_plaintext(kept)
+
+            # A pending ClickHouse event shows why it has no body; moving it into Redis (which
+            # would store it without its payload) is refused with the reason.
+            later = (await client.get(f"{API}/acme-later")).json()
+            assert later["status"] == "pending"
+            assert later["last_error"] == "undecryptable: key t-acme missing"
+            soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+            moved_in = await client.put(f"{API}/acme-later", json={"scheduled_at": soon})
+            assert moved_in.status_code == 409, moved_in.text
+            assert moved_in.json()["error"] == "undecryptable: key t-acme missing"
 
             # The ClickHouse event is marked failed by the sync, not moved.
             await asyncio.sleep(4)

@@ -35,6 +35,7 @@ from delayline.api.routes_monitoring import (
 )
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
+from delayline.domain.codec import UndecryptablePayload
 from delayline.domain.events import InvalidEventError
 from delayline.errors import OutcomeUnknown, StorageFull, unavailable_error_types
 from delayline.metrics import Metrics
@@ -140,6 +141,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return _error(exc.status_code, exc.error, exc.field, exc.headers)
 
+    async def undecryptable(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, UndecryptablePayload)
+        return _error(409, exc.reason)
+
     async def invalid_event(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidEventError)
         return _error(422, str(exc), exc.field)
@@ -203,6 +208,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error")
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(UndecryptablePayload, undecryptable)
     app.add_exception_handler(InvalidEventError, invalid_event)
     app.add_exception_handler(AuthenticationError, unauthenticated)
     app.add_exception_handler(RequestValidationError, invalid_request)

@@ -112,6 +112,19 @@ def decode_event(
     return _event(doc, schedule_id, status, headers, body)
 
 
+UNREADABLE = "undecryptable: "
+"""How the reason of an :class:`UndecryptablePayload` starts (and so an unopened event's
+``last_error``)."""
+
+
+def check_opened(event: ScheduledEvent) -> None:
+    """Raise :class:`UndecryptablePayload` for an event read without its payload (the ring
+    could not open it): it must not be stored anew, which would lose the payload."""
+    reason = event.last_error or ""
+    if reason.startswith(UNREADABLE) or reason.startswith("parked: " + UNREADABLE):
+        raise UndecryptablePayload("", reason.removeprefix("parked: "))
+
+
 def decode_unopened(
     raw: bytes, schedule_id: str, status: EventStatus, reason: str
 ) -> ScheduledEvent:

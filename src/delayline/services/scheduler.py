@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from delayline.domain.codec import check_opened
 from delayline.domain.events import (
     DEFAULT_EVENT_RULES,
     EventRules,
@@ -385,6 +386,7 @@ class SchedulerService:
         # Due soon now: retire the ClickHouse row, then put the event into Redis at its new
         # time. A sync that read the old row may have put a copy there first: move that copy
         # (the sync takes back only the exact copy it wrote, so a moved one stays).
+        check_opened(stored)
         moved = replace(stored, scheduled_at=when)
         if not await self._far.cancel(schedule_id):
             return False
@@ -397,6 +399,7 @@ class SchedulerService:
             return await self._near.reschedule(event.schedule_id, to_epoch_us(when))
         # Now due far away: store in ClickHouse first, then drop the Redis copy.
         # (the row may already exist there, queued by the sync: then update it)
+        check_opened(event)
         moved = replace(event, scheduled_at=when)
         if not await self._far.reschedule(event.schedule_id, when):
             await self._far.insert([moved])
