@@ -308,6 +308,7 @@ def test_openapi_documents_every_path(api: Api) -> None:
                 "analytics/summary",
                 "analytics/performance",
                 "metrics",
+                "rotate-keys",
             )
         ),
     }
