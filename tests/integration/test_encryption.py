@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -318,13 +319,28 @@ async def test_a_removed_key_parks_the_event_with_its_reason_until_restored(
         # The key comes back: a rotation puts both events back, and they fire.
         third = await start_app(ring("k1", "k1", "t-acme"), {"acme": "t-acme"})
         async with http(third) as client:
-            assert (await client.post(f"{API}/monitoring/rotate-keys")).status_code == 202
-            status: dict[str, Any] = {}
-            for _ in range(300):
-                status = (await client.get(f"{API}/monitoring/rotate-keys")).json()
-                if status["state"] != "running":
-                    break
-                await asyncio.sleep(0.1)
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "delayline",
+                "rotate-keys",
+                "--api-url",
+                str(client.base_url),
+                "--interval",
+                "0.2",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("SCHEDULES_")},
+            )
+            output = (await cli.communicate())[0].decode()
+            assert cli.returncode == 0, output
+            assert "rotating to key k1" in output
+            assert "redis: scanned 1, re-sealed 0, restored 1, unreadable 0 (done)" in output
+            assert (
+                "clickhouse: scanned" in output and "restored 1" in output.split("clickhouse")[-1]
+            )
+            assert output.strip().endswith("key rotation done")
+            status = (await client.get(f"{API}/monitoring/rotate-keys")).json()
             assert status["state"] == "done", status
             assert status["tiers"]["redis"]["restored"] == 1
             assert status["tiers"]["clickhouse"]["restored"] == 1
