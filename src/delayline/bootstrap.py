@@ -200,7 +200,7 @@ class Application:
         await self._start_clickhouse()
         assert self.far is not None
         assert self.clickhouse is not None
-        lifecycle_store = ClickHouseLifecycleStore(self.clickhouse)
+        lifecycle_store = ClickHouseLifecycleStore(self.clickhouse, self.cipher)
         self.lifecycle = LifecycleService(
             # reads answer 503 while ClickHouse is down; writes wait in the recorder's buffer
             cast(ClickHouseLifecycleStore, Guarded(lifecycle_store, self.breakers["clickhouse"])),

@@ -193,6 +193,25 @@ async def test_sealed_at_rest_in_both_tiers_and_fired_exactly(
                 assert message.header("x-record") == SECRET_HEADER
             for _sid, body, _headers in await raw_clickhouse(clickhouse_root, unique):
                 assert_no_plaintext(body)
+            # The lifecycle history keeps snapshots of the event: sealed too.
+            history: list[Any] = []
+            for _ in range(100):  # the history is written in batches, off the firing path
+                history = list(
+                    await clickhouse_root.query(
+                        f"SELECT body, headers FROM enc_{unique}.event_lifecycle "
+                        "WHERE has_snapshot = 1",
+                        column_formats={"body": "bytes"},
+                    )
+                )
+                if len(history) >= 4:
+                    break
+                await asyncio.sleep(0.1)
+            assert history
+            for body, headers in history:
+                assert headers == SEALED_HEADERS
+                assert_no_plaintext(bytes(body))
+            shown = (await client.get(f"{API}/near")).json()  # the record after firing
+            assert base64.b64decode(shown["body"]) == SECRET_BODY
     finally:
         reader.close()
 

@@ -12,10 +12,11 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-import orjson
 import pyarrow as pa
 
 from delayline.adapters.clickhouse.migrations import LIFECYCLE_TABLE
+from delayline.adapters.encryption import PayloadCipher, open_columns, seal_columns
+from delayline.domain.codec import UndecryptablePayload
 from delayline.domain.events import ScheduledEvent, from_epoch_us
 from delayline.domain.outcomes import TRANSITION_STATUS, EventFilter, LifecycleEntry, Transition
 
@@ -87,8 +88,9 @@ class _Client(Protocol):
 class ClickHouseLifecycleStore:
     """``{database}.event_lifecycle``: one row per transition (``run_migrations`` creates it)."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: _Client, cipher: PayloadCipher | None = None) -> None:
         self._client = client
+        self._cipher = cipher
         self._table = f"{client.database}.{LIFECYCLE_TABLE}"
 
     async def write_entries(self, entries: Sequence[LifecycleEntry]) -> None:
@@ -97,7 +99,7 @@ class ClickHouseLifecycleStore:
             return
         chunks = []
         for start in range(0, len(entries), _CHUNK_ROWS):
-            chunks.append(to_arrow(entries[start : start + _CHUNK_ROWS]))
+            chunks.append(to_arrow(entries[start : start + _CHUNK_ROWS], self._cipher))
             await asyncio.sleep(0)  # building Arrow columns: never hold the loop for long
         table = chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks)
         await self._client.insert_arrow(self._table, table)
@@ -109,7 +111,7 @@ class ClickHouseLifecycleStore:
             {"id": schedule_id},
             column_formats=_BODY_AS_BYTES,
         )
-        return [_decode(row) for row in rows]
+        return [_decode(row, self._cipher) for row in rows]
 
     async def histories(self, ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
         """The transitions of each of ``ids``, oldest first."""
@@ -123,7 +125,7 @@ class ClickHouseLifecycleStore:
             column_formats=_BODY_AS_BYTES,
         )
         for row in rows:
-            entry = _decode(row)
+            entry = _decode(row, self._cipher)
             out[entry.schedule_id].append(entry)
         return out
 
@@ -159,8 +161,9 @@ class ClickHouseLifecycleStore:
         return [str(row[0]) for row in rows]
 
 
-def to_arrow(entries: Sequence[LifecycleEntry]) -> pa.Table:
-    """The ``event_lifecycle`` rows of ``entries`` (an entry without a snapshot: zero values)."""
+def to_arrow(entries: Sequence[LifecycleEntry], cipher: PayloadCipher | None = None) -> pa.Table:
+    """The ``event_lifecycle`` rows of ``entries`` (an entry without a snapshot: zero values);
+    with ``cipher``, snapshots' bodies and headers sealed."""
     cols: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
     for entry in entries:
         event = entry.event
@@ -176,8 +179,13 @@ def to_arrow(entries: Sequence[LifecycleEntry]) -> pa.Table:
         cols["entity_type"].append(event.entity_type if event else "")
         cols["action"].append(event.action if event else "")
         cols["correlation_id"].append(event.correlation_id if event else "")
-        cols["body"].append(event.body if event else b"")
-        cols["headers"].append(orjson.dumps(dict(event.headers)).decode() if event else "")
+        body, headers = (
+            seal_columns(cipher, event.schedule_id, event.entity_type, event.headers, event.body)
+            if event
+            else (b"", "")
+        )
+        cols["body"].append(body)
+        cols["headers"].append(headers)
         cols["scheduled_at"].append(event.scheduled_at if event else entry.at)
         cols["max_delay_seconds"].append(event.max_delay_seconds if event else 0)
         cols["priority"].append(event.priority if event else 0)
@@ -188,18 +196,23 @@ def to_arrow(entries: Sequence[LifecycleEntry]) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=_SCHEMA)
 
 
-def _decode(row: Sequence[Any]) -> LifecycleEntry:
+def _decode(row: Sequence[Any], cipher: PayloadCipher | None = None) -> LifecycleEntry:
     transition = Transition(row[2])
     event = None
     if row[7]:
+        try:
+            headers, body = open_columns(cipher, row[0], row[12], row[13])
+            error = row[19] or None
+        except UndecryptablePayload as exc:  # shown without its payload, saying why
+            headers, body, error = {}, b"", exc.reason
         event = ScheduledEvent(
             schedule_id=row[0],
             topic=row[8],
             entity_type=row[9],
             action=row[10],
-            body=row[12],
+            body=body,
             correlation_id=row[11],
-            headers=orjson.loads(row[13]) if row[13] else {},
+            headers=headers,
             scheduled_at=from_epoch_us(int(row[14])),
             max_delay_seconds=int(row[15]),
             priority=int(row[16]),
@@ -207,7 +220,7 @@ def _decode(row: Sequence[Any]) -> LifecycleEntry:
             created_at=from_epoch_us(int(row[17])),
             updated_at=from_epoch_us(int(row[1])),
             attempts=int(row[18]),
-            last_error=row[19] or None,
+            last_error=error,
         )
     return LifecycleEntry(
         schedule_id=row[0],
