@@ -475,6 +475,7 @@ class Application:
             redis_breaker=self.breakers["redis_firing"],
             producer_breaker=self.breakers["kafka_producer"],
             lifecycle=self.lifecycle.recorder if self.lifecycle else None,
+            cipher=self.cipher,
         )
         await self.firing.start()
 

@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.outcomes import ExecutionResult
@@ -106,8 +107,10 @@ class FiringThread:
         redis_breaker: CircuitBreaker,
         producer_breaker: CircuitBreaker,
         lifecycle: LifecycleSink | None = None,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self._settings = settings
+        self._cipher = cipher
         self._lifecycle = lifecycle
         self._redis_url = redis_url
         self._bootstrap_servers = bootstrap_servers
@@ -177,7 +180,10 @@ class FiringThread:
             await publisher.start()
             self.publisher = publisher
             near = RedisNearTermStore(
-                client, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds
+                client,
+                prefix=s.redis_key_prefix,
+                result_ttl_seconds=s.result_ttl_seconds,
+                cipher=self._cipher,
             )
             self.dispatcher = Dispatcher(
                 cast(RedisNearTermStore, Guarded(near, self._redis_breaker)),
