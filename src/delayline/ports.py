@@ -90,6 +90,10 @@ class NearTermStore(Protocol):
         """Remove a pending or leased event; True if it was there."""
         ...
 
+    async def cancel_many(self, ids: Sequence[str]) -> list[bool]:
+        """:meth:`cancel` for each of ``ids`` in one round trip; True where cancelled."""
+        ...
+
     async def reschedule(self, schedule_id: str, due_us: int) -> bool:
         """Move a pending event to ``due_us``; False if it is not pending here."""
         ...
@@ -153,6 +157,12 @@ class LongTermStore(Protocol):
 
     async def reschedule(self, schedule_id: str, scheduled_at: datetime) -> bool:
         """Move a pending event to a new due time; True if it was pending."""
+        ...
+
+    async def reschedule_many(
+        self, ids: Sequence[str], scheduled_at: datetime
+    ) -> dict[str, ScheduledEvent]:
+        """:meth:`reschedule` for many events at once: the new version of each one moved."""
         ...
 
     async def counts(self) -> dict[str, int]:

@@ -385,19 +385,30 @@ class RedisNearTermStore:
 
     async def cancel(self, schedule_id: str, now_us: int | None = None) -> bool:
         """Cancel a pending event; an event already leased is firing and is not recalled."""
+        return (await self.cancel_many([schedule_id], now_us))[0]
+
+    async def cancel_many(self, ids: Sequence[str], now_us: int | None = None) -> list[bool]:
+        """:meth:`cancel` for each of ``ids`` in one round trip; True where cancelled.
+
+        One script call per id (each atomic on its own, as for one event), so other clients'
+        commands still run between them.
+        """
+        if not ids:
+            return []
         now_us = _now_us() if now_us is None else now_us
-        done = await self._run(
-            "cancel",
-            [
-                self.due_key,
-                self.payload_key,
-                self.counts_key,
-                self.result_buckets()[0],
-                self.next_key,
-            ],
-            [schedule_id, self._result_ttl, now_us],
-        )
-        return bool(done)
+        keys = [
+            self.due_key,
+            self.payload_key,
+            self.counts_key,
+            self.result_buckets()[0],
+            self.next_key,
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for schedule_id in ids:
+                args: list[str | int] = [schedule_id, self._result_ttl, now_us]
+                await self._scripts["cancel"](keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        return [bool(done) for done in replies]
 
     async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
         """Remove a pending event without remembering it (it may be scheduled again).

@@ -484,6 +484,9 @@ class SchedulerService:
         return await self._by_key(correlation_id, validate_scheduled_at(scheduled_at))
 
     async def _by_key(self, correlation_id: str, when: datetime | None) -> dict[str, int]:
+        """Cancel (``when`` None) or reschedule the live events with ``correlation_id``, a page
+        of ids at a time in id order (each page moves past the last, so an event changed here
+        is not met again)."""
         counts = {Tier.REDIS.value: 0, Tier.CLICKHOUSE.value: 0}
         if self._lifecycle is None:
             return counts
@@ -492,28 +495,52 @@ class SchedulerService:
         while ids := await self._lifecycle.find(match, after=after, limit=_BY_KEY_PAGE):
             after = ids[-1]
             if when is None:
-                for tier, n in (await self._cancel_many(ids)).items():
-                    counts[tier.value] += n
+                done = await self._cancel_many(ids)
             else:
-                for schedule_id in ids:
-                    near = await self._near.get(schedule_id)
-                    tier = Tier.REDIS if near is not None and near.topic else Tier.CLICKHOUSE
-                    counts[tier.value] += await self.reschedule_event(schedule_id, when)
+                done = await self._reschedule_many(ids, when)
+            for tier, n in done.items():
+                counts[tier.value] += n
             if len(ids) < _BY_KEY_PAGE:
                 break
         return counts
 
     async def _cancel_many(self, ids: Sequence[str]) -> dict[Tier, int]:
         """:meth:`cancel_event` for many: ClickHouse first in one write (as for one event),
-        then Redis. An event that was in Redis (queued there by the sync, too) counts there;
-        a queued one whose Redis copy is being fired is not cancelled (it is published)."""
+        then Redis in one round trip. An event that was in Redis (queued there by the sync,
+        too) counts there; a queued one whose Redis copy is being fired is not cancelled (it
+        is published)."""
         was = await self._far.cancel_many(ids) if self._far is not None else {}
+        in_near = await self._near.cancel_many(ids)
         counts = {Tier.REDIS: 0, Tier.CLICKHOUSE: 0}
-        for schedule_id in ids:
-            in_near = await self._near.cancel(schedule_id)
-            if in_near or was.get(schedule_id) is EventStatus.PENDING:
-                counts[Tier.REDIS if in_near else Tier.CLICKHOUSE] += 1
+        for schedule_id, near in zip(ids, in_near, strict=True):
+            if near or was.get(schedule_id) is EventStatus.PENDING:
+                counts[Tier.REDIS if near else Tier.CLICKHOUSE] += 1
                 self._transition(schedule_id, Transition.CANCELLED)
+        return counts
+
+    async def _reschedule_many(self, ids: Sequence[str], when: datetime) -> dict[Tier, int]:
+        """:meth:`reschedule_event` for many; how many moved from each tier. Events waiting in
+        Redis move one by one; those only in ClickHouse, when they stay there, move in one
+        read and one write (then any copy a concurrent sync put in Redis is taken back)."""
+        counts = {Tier.REDIS: 0, Tier.CLICKHOUSE: 0}
+        far_ids: list[str] = []
+        for schedule_id in ids:
+            near = await self._near.get(schedule_id)
+            if near is not None and near.topic:
+                counts[Tier.REDIS] += await self.reschedule_event(schedule_id, when)
+            else:
+                far_ids.append(schedule_id)
+        if not far_ids or self._far is None:
+            return counts
+        if route(when, self._clock.now(), self._horizon) is not Tier.CLICKHOUSE:
+            for schedule_id in far_ids:  # due soon now: each goes into Redis
+                counts[Tier.CLICKHOUSE] += await self.reschedule_event(schedule_id, when)
+            return counts
+        moved = await self._far.reschedule_many(far_ids, when)
+        for schedule_id, event in moved.items():
+            await self._discard_near(schedule_id)
+            counts[Tier.CLICKHOUSE] += 1
+            self._transition(schedule_id, Transition.RESCHEDULED, event)
         return counts
 
     async def get_stats(self) -> dict[str, Any]:

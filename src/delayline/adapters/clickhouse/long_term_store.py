@@ -415,12 +415,15 @@ class ClickHouseLongTermStore:
         self._cipher = cipher
 
     async def _current(self, ids: Sequence[str]) -> dict[str, _Row]:
-        """The newest version of each stored id."""
+        """The newest version of each stored id: the row ``FINAL`` would keep, picked per id
+        without ``FINAL``, which reads every column of each granule the ids fall in; this
+        reads the id column there and the rest only where an id matched."""
         found: dict[str, _Row] = {}
         for chunk in _chunks(list(dict.fromkeys(ids))):
             rows = await self._client.query(
-                f"SELECT {_COLUMNS} FROM {self._table} FINAL "
-                "WHERE schedule_id IN {ids:Array(String)}" + _FINAL_SETTINGS,
+                f"SELECT {_COLUMNS} FROM {self._table} "
+                "PREWHERE schedule_id IN {ids:Array(String)} "
+                f"ORDER BY schedule_id, version DESC, {_BLOCK} DESC LIMIT 1 BY schedule_id",
                 {"ids": list(chunk)},
                 column_formats=_BODY_AS_BYTES,
             )
@@ -560,15 +563,27 @@ class ClickHouseLongTermStore:
         A queued event was moved into Redis: the caller must cancel it there after this; the
         sync moves it again when its new time comes near.
         """
-        row = (await self._current([schedule_id])).get(schedule_id)
-        if row is None or row.event.status not in _LIVE:
-            return False
+        return schedule_id in await self.reschedule_many([schedule_id], scheduled_at)
+
+    async def reschedule_many(
+        self, ids: Sequence[str], scheduled_at: datetime
+    ) -> dict[str, ScheduledEvent]:
+        """:meth:`reschedule` for many events at once (one read, one insert): the new version
+        of each one moved."""
         now = utc_now()
-        event = replace(
-            row.event, scheduled_at=scheduled_at, status=EventStatus.PENDING, updated_at=now
-        )
-        await self._write([self._next(row, event, 2)])
-        return True
+        live = [row for row in (await self._current(ids)).values() if row.event.status in _LIVE]
+        moved = [
+            self._next(
+                row,
+                replace(
+                    row.event.with_status(EventStatus.PENDING, at=now), scheduled_at=scheduled_at
+                ),
+                2,
+            )
+            for row in live
+        ]
+        await self._write(moved)
+        return {row.event.schedule_id: row.event for row in moved}
 
     async def due_before(self, until: datetime, limit: int) -> DueEvents:
         """Pending events due at or before ``until``, earliest first (higher priority first
