@@ -3,12 +3,13 @@
 Fills ``event_schedules`` with ``bench.longterm.filler_sql`` (one server-side insert), then
 gives every filler event the ``scheduled`` row of its history in ``event_lifecycle`` (one
 ``INSERT … SELECT`` from ``event_schedules``: what the scheduler's recorder writes for each
-event it stores), schedules ``n_key`` events under one correlation id through
-``SchedulerService`` (both tables, as in service), waits for merges, then times:
+event it stores), schedules ``n_key`` events under each of ``1 + 2 * repeat`` correlation ids
+through ``SchedulerService`` (both tables, as in service), waits for merges, then times:
 
 - ``list_by_key``: ``find_events`` for that correlation id (``n_key`` events), and for one
   filler event's correlation id (1 event) — median of ``repeat`` runs each;
-- ``cancel_by_key``: ``cancel_by_key`` for that correlation id (``n_key`` events, ClickHouse).
+- ``cancel_by_key`` and ``reschedule_by_key`` (to another time in ClickHouse): ``n_key``
+  events each, median over ``repeat`` keys (an acted-on key has no live events left).
 """
 
 from __future__ import annotations
@@ -60,15 +61,17 @@ async def run(redis_url: str, chdb_dsn: str, n_total: int, n_key: int, repeat: i
                 far=ClickHouseLongTermStore(client),
                 lifecycle=lifecycle,
             )
-            key = f"bench-key-{uuid.uuid4().hex[:6]}"
+            keys = [f"bench-key-{uuid.uuid4().hex[:6]}" for _ in range(1 + 2 * repeat)]
+            key = keys[0]
             due = SystemClock().now() + timedelta(days=30)
-            events = [
-                service.build_event(
-                    topic="bench-lt", body=body_300(), scheduled_at=due, correlation_id=key
-                )
-                for _ in range(n_key)
-            ]
-            await service.schedule_events(events)
+            for each in keys:
+                events = [
+                    service.build_event(
+                        topic="bench-lt", body=body_300(), scheduled_at=due, correlation_id=each
+                    )
+                    for _ in range(n_key)
+                ]
+                await service.schedule_events(events)
             await lifecycle.recorder.flush()
             merges_s = await _settle(client)
             rows = await client.query(f"SELECT count() FROM {client.database}.{LIFECYCLE_TABLE}")
@@ -83,9 +86,19 @@ async def run(redis_url: str, chdb_dsn: str, n_total: int, n_key: int, repeat: i
 
             list_key_s, listed = await timed(EventFilter(correlation_id=key))
             list_one_s, listed_one = await timed(EventFilter(correlation_id="c12345"))
-            t0 = time.perf_counter()
-            cancelled = await service.cancel_by_key(key)
-            cancel_s = time.perf_counter() - t0
+            cancel_times, resched_times = [], []
+            cancelled: dict[str, int] = {}
+            rescheduled: dict[str, int] = {}
+            for n in range(repeat):
+                t0 = time.perf_counter()
+                cancelled = await service.cancel_by_key(keys[1 + n])
+                cancel_times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                rescheduled = await service.reschedule_by_key(
+                    keys[1 + repeat + n], due + timedelta(days=1)
+                )
+                resched_times.append(time.perf_counter() - t0)
+                await lifecycle.recorder.flush()
     finally:
         await client.stop()
     return {
@@ -100,6 +113,10 @@ async def run(redis_url: str, chdb_dsn: str, n_total: int, n_key: int, repeat: i
         "listed": listed,
         "list_one_seconds": list_one_s,
         "listed_one": listed_one,
-        "cancel_by_key_seconds": cancel_s,
+        "cancel_by_key_seconds": statistics.median(cancel_times),
+        "cancel_by_key_runs": cancel_times,
         "cancelled": cancelled,
+        "reschedule_by_key_seconds": statistics.median(resched_times),
+        "reschedule_by_key_runs": resched_times,
+        "rescheduled": rescheduled,
     }

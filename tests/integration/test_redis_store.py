@@ -91,6 +91,27 @@ async def test_cancel_and_reschedule(store: RedisNearTermStore) -> None:
     assert (await store.claim(to_epoch_us(utc_now()) + 120_000_000, 10, 30)).events == []
 
 
+async def test_cancel_many_answers_each_id_and_spares_a_leased_one(
+    store: RedisNearTermStore,
+) -> None:
+    await store.schedule([_event(-1, sid="leased"), _event(60, sid="a"), _event(60, sid="b")])
+    claim = await store.claim(to_epoch_us(utc_now()), 10, 30)
+    assert [e.schedule_id for e in claim.events] == ["leased"]
+    assert await store.cancel_many(["a", "unknown", "leased", "b", "a"]) == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    for sid in ("a", "b"):
+        got = await store.get(sid)
+        assert got is not None and got.status == EventStatus.CANCELLED
+    got = await store.get("leased")
+    assert got is not None and got.status == EventStatus.PROCESSING
+    assert await store.cancel_many([]) == []
+
+
 async def test_retry_keeps_original_time(store: RedisNearTermStore) -> None:
     from dataclasses import replace
 

@@ -21,6 +21,7 @@ from delayline.adapters.embedded import EmbeddedTansu
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import utc_now
 from delayline.events_client import EventBus
+from delayline.services import scheduler
 from tests.support import Fired, TopicReader
 
 from .conftest import Api, ApiFactory, AppServer
@@ -252,6 +253,49 @@ async def test_find_cancel_and_reschedule_by_key_in_both_tiers(
         again = await client.delete(URL, params={"correlation_id": key})
         assert again.json()["total"] == 0
         assert (await client.delete(URL)).status_code == 422
+
+
+async def test_reschedule_by_key_in_pages_across_both_tiers(
+    make_api: ApiFactory, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "_BY_KEY_PAGE", 2)  # 5 events: 3 pages
+    api = make_api(real_service=True)
+    key = f"paged-{unique}"
+    soon = utc_now() + timedelta(hours=1)  # Redis
+    later = utc_now() + timedelta(days=10)  # ClickHouse
+    latest = utc_now() + timedelta(days=20)
+    dues = [soon, later, soon, later, later]
+    ids = [f"p{i}-{unique}" for i in range(len(dues))]
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+        for schedule_id, due in zip(ids, dues, strict=True):
+            doc = {"topic": "p.t", "correlation_id": key, "scheduled_at": due.isoformat()}
+            resp = await client.post(URL, json={**doc, "schedule_id": schedule_id})
+            assert resp.status_code == 201, resp.text
+        await _listed(client, 5, correlation_id=key)
+
+        async def moved_to(when: datetime) -> dict[str, Any]:
+            resp = await client.patch(
+                URL, params={"correlation_id": key}, json={"scheduled_at": when.isoformat()}
+            )
+            assert resp.status_code == 200, resp.text
+            for schedule_id in ids:
+                doc = (await _get(client, schedule_id)).json()
+                assert doc["status"] == "pending", doc
+                assert datetime.fromisoformat(doc["scheduled_at"]) == when, doc
+            return dict(resp.json())
+
+        # Two were in Redis, three in ClickHouse; all end in ClickHouse at the new time.
+        expected = {"correlation_id": key, "redis": 2, "clickhouse": 3, "total": 5}
+        assert await moved_to(latest) == expected
+        # Every one in ClickHouse now (moved there in one write a page), then all due soon.
+        expected = {"correlation_id": key, "redis": 0, "clickhouse": 5, "total": 5}
+        assert await moved_to(soon) == expected
+        expected = {"correlation_id": key, "redis": 5, "clickhouse": 0, "total": 5}
+        assert await moved_to(later) == expected
+        for schedule_id in ids:
+            history = (await _get(client, f"{schedule_id}/history")).json()
+            steps = [t["transition"] for t in history["transitions"]]
+            assert steps == ["scheduled"] + ["rescheduled"] * 3, (schedule_id, steps)
 
 
 def _cli(*args: str) -> str:
