@@ -397,12 +397,12 @@ class SchedulerService:
     async def _reschedule_near(self, event: ScheduledEvent, when: datetime) -> bool:
         if self._far is None or self.tier_for(replace(event, scheduled_at=when)) is Tier.REDIS:
             return await self._near.reschedule(event.schedule_id, to_epoch_us(when))
-        # Now due far away: store in ClickHouse first, then drop the Redis copy.
-        # (the row may already exist there, queued by the sync: then update it)
+        # Now due far away: store in ClickHouse first, then drop the Redis copy. An older
+        # row may exist there (queued by the sync, or cancelled when the event moved to
+        # Redis): the new version replaces it.
         check_opened(event)
         moved = replace(event, scheduled_at=when)
-        if not await self._far.reschedule(event.schedule_id, when):
-            await self._far.insert([moved])
+        await self._far.upsert([moved])
         if await self._discard_near(event.schedule_id):
             return True
         await self._far.cancel(event.schedule_id)  # it started firing: keep the Redis one

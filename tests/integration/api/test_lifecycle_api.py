@@ -266,7 +266,7 @@ async def test_reschedule_by_key_in_pages_across_both_tiers(
     latest = utc_now() + timedelta(days=20)
     dues = [soon, later, soon, later, later]
     ids = [f"p{i}-{unique}" for i in range(len(dues))]
-    async with httpx.AsyncClient(base_url=api.url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=api.url, timeout=60) as client:
         for schedule_id, due in zip(ids, dues, strict=True):
             doc = {"topic": "p.t", "correlation_id": key, "scheduled_at": due.isoformat()}
             resp = await client.post(URL, json={**doc, "schedule_id": schedule_id})
