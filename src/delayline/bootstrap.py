@@ -35,6 +35,7 @@ from delayline.api.server import ApiServer, build_api_server
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult
 from delayline.domain.routing import Tier
+from delayline.firing_process import FiringProcess
 from delayline.firing_runtime import FiringThread, LoopSink, redis_client
 from delayline.health import DependencyHealth, MetricsSink, Probe
 from delayline.metrics import Metrics
@@ -61,6 +62,10 @@ class Components:
     sync: bool = True
     consumer: bool = True
     api: bool = True
+
+
+class FiringDown(RuntimeError):
+    """The dispatcher's process is not running (it is being started again)."""
 
 
 class IngressStalled(RuntimeError):
@@ -138,7 +143,7 @@ class Application:
         self.bootstrap_servers = ""
         self.publisher: KafkaEventPublisher | None = None
         self.near: RedisNearTermStore | None = None
-        self.firing: FiringThread | None = None
+        self.firing: FiringThread | FiringProcess | None = None
         self.clickhouse: ClickHouseClient | None = None
         self.far: ClickHouseLongTermStore | None = None
         self.sync: SyncService | None = None
@@ -354,7 +359,8 @@ class Application:
             return await self.clickhouse.query("SELECT 1")
 
         async def kafka_ok() -> object:
-            publisher = self.firing.publisher if self.firing is not None else self.publisher
+            firing = self.firing
+            publisher = firing.publisher if isinstance(firing, FiringThread) else self.publisher
             assert publisher is not None
             return await publisher.ping(timeout=1.5)
 
@@ -380,6 +386,12 @@ class Application:
                 )
             return True
 
+        async def firing_ok() -> object:
+            assert self.firing is not None
+            if not self.firing.running:
+                raise FiringDown(f"the dispatcher is not running ({self.settings.firing_runtime})")
+            return True
+
         probes: dict[str, Probe] = {
             "redis": redis_ok,
             "clickhouse": clickhouse_ok,
@@ -387,11 +399,16 @@ class Application:
         }
         if self.cipher is not None:
             probes["encryption"] = encryption_ok
+        if self.firing is not None:
+            probes["firing"] = firing_ok
         if self.components.consumer:
             probes["ingress"] = ingress_ok
         return DependencyHealth(
             probes,
-            breakers=lambda: {n: b.state.value for n, b in self.breakers.items()},
+            breakers=lambda: {
+                **{n: b.state.value for n, b in self.breakers.items()},
+                **(self.firing.breaker_states if self.firing is not None else {}),
+            },
         )
 
     def _breaker_changed(self, name: str, state: str) -> None:
@@ -436,8 +453,8 @@ class Application:
                     far_counts = await self.far.counts()
                     self.metrics.set_pending(Tier.CLICKHOUSE.value, far_counts["pending"])
                     far_due = started + far_count_interval(time.monotonic() - started)
-                if self.firing is not None and self.firing.dispatcher is not None:
-                    self.metrics.set_claims_in_flight(self.firing.dispatcher.claims_in_flight)
+                if self.firing is not None:
+                    self.metrics.set_claims_in_flight(self.firing.claims_in_flight)
                 lag = self.consumer_source.lag if self.consumer_source is not None else None
                 if lag is not None:
                     self.metrics.set_consumer_lag(lag)
@@ -453,7 +470,7 @@ class Application:
             self.bootstrap_servers = await asyncio.to_thread(self._tansu.start)
         else:
             self.bootstrap_servers = s.kafka_bootstrap_servers
-        if self.components.dispatcher:
+        if self.components.dispatcher and s.firing_runtime == "thread":
             return  # the firing thread has the producer
         self.publisher = KafkaEventPublisher(  # for the health check only
             producer_config(
@@ -466,6 +483,21 @@ class Application:
         await self.publisher.start()
 
     async def _start_dispatcher(self) -> None:
+        lifecycle = self.lifecycle.recorder if self.lifecycle else None
+        if self.settings.firing_runtime == "process":
+            if not isinstance(self.clock, SystemClock):
+                raise ValueError("a clock of its own needs SCHEDULES_FIRING_RUNTIME=thread")
+            self.firing = FiringProcess(
+                self.settings,
+                redis_url=self.redis_url,
+                bootstrap_servers=self.bootstrap_servers,
+                sink=self.sink,  # fed on this loop
+                lifecycle=lifecycle,
+                on_breaker_change=self._breaker_changed,
+                on_restart=self.metrics.firing_process_restarted,
+            )
+            await self.firing.start()
+            return
         self.firing = FiringThread(
             self.settings,
             redis_url=self.redis_url,
@@ -474,7 +506,7 @@ class Application:
             clock=self.clock,
             redis_breaker=self.breakers["redis_firing"],
             producer_breaker=self.breakers["kafka_producer"],
-            lifecycle=self.lifecycle.recorder if self.lifecycle else None,
+            lifecycle=lifecycle,
             cipher=self.cipher,
         )
         await self.firing.start()

@@ -125,6 +125,21 @@ class FiringThread:
         self.dispatcher: Dispatcher | None = None
         self.publisher: KafkaEventPublisher | None = None
 
+    @property
+    def claims_in_flight(self) -> int:
+        """Batches claimed and not yet finished."""
+        return self.dispatcher.claims_in_flight if self.dispatcher is not None else 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is up and firing."""
+        return self.dispatcher is not None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def breaker_states(self) -> dict[str, str]:
+        """Nothing to mirror: the breakers given to this runtime are the service's own."""
+        return {}
+
     async def start(self) -> None:
         """Start the thread; returns once it fires (raises what stopped it from starting)."""
         self._thread = threading.Thread(target=self._main, name="delayline-firing", daemon=True)

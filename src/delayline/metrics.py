@@ -181,6 +181,12 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.firing_process_restarts = Counter(
+            "firing_process_restarts",
+            "Times the dispatcher's process died unexpectedly and was started again.",
+            namespace=ns,
+            registry=reg,
+        )
         self._initialize_series()
 
     def _initialize_series(self) -> None:
@@ -274,6 +280,10 @@ class Metrics:
     def undecryptable(self, tier: str, key_id: str, n: int = 1) -> None:
         """Count ``n`` events of ``tier`` whose payload key ``key_id`` could not open."""
         self.undecryptable_events.labels(tier=_pick(tier, TIERS), key_id=key_id[:64]).inc(n)
+
+    def firing_process_restarted(self) -> None:
+        """Count one unexpected end of the dispatcher's process (it is started again)."""
+        self.firing_process_restarts.inc()
 
     # --- exposition ------------------------------------------------------------------------------
     def render(self) -> bytes:
