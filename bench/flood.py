@@ -7,20 +7,17 @@ sink. Phase ``rest``: nothing else happens. Phase ``flood``: a separate process 
 ``clients`` unauthenticated ~13 MB JSON bodies and ``clients`` authenticated ~2 MB JSON bodies
 (over the body limit) in flight against the API.
 
-Three layouts, each measured at rest and under the flood: ``thread`` (the product: the
-dispatcher in its own event-loop thread), ``main_loop`` (the dispatcher on the API's event loop)
-and ``process`` (the dispatcher in a separate process, results sent back over a queue).
+Three layouts, each measured at rest and under the flood: ``process`` (the default: the
+dispatcher in its own process, results sent back over a queue), ``thread`` (the dispatcher in
+its own event-loop thread) and ``main_loop`` (the dispatcher on the API's event loop, for
+reference).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing as mp
-import os
-import signal
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -92,34 +89,6 @@ class _Lateness:
         return len(self.lateness_s) >= n
 
 
-class _QueueSink:
-    """In the dispatcher's process: sends each lateness to the benchmark over a queue."""
-
-    def __init__(self, queue: Any) -> None:
-        self._queue = queue
-
-    def record(self, result: ExecutionResult) -> None:
-        self._queue.put(result.delay_seconds)
-
-
-def _dispatcher_process(settings: dict[str, Any], queue: Any) -> None:
-    """A separate process: an Application with only the dispatcher, until SIGTERM."""
-
-    async def main() -> None:
-        app = Application(
-            load_settings(**settings),
-            components=Components(api=False, consumer=False, sync=False),
-        )
-        app.sink.add(_QueueSink(queue))
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with app:
-            queue.put(None)  # started: the benchmark may begin
-            await stop.wait()
-
-    asyncio.run(main())
-
-
 async def _schedule_phase(
     store: RedisNearTermStore, app: Application, topic: str, rate: float, duration: float
 ) -> tuple[list[ScheduledEvent], float]:
@@ -180,23 +149,21 @@ async def _layout(
 ) -> Result:
     redis_url, bootstrap, chdb_dsn = servers
     unique = uuid.uuid4().hex[:8]
-    common: dict[str, Any] = {
-        "redis_url": redis_url,
-        "redis_key_prefix": f"flood-{unique}",
-        "kafka_bootstrap_servers": bootstrap,
-        "api_keys": [API_KEY],
-        "analytics_enabled": False,
-    }
     settings = load_settings(
-        **common,
-        clickhouse_dsn=chdb_dsn,  # one chDB folder per process: the suite's
+        redis_url=redis_url,
+        redis_key_prefix=f"flood-{unique}",
+        kafka_bootstrap_servers=bootstrap,
+        api_keys=[API_KEY],
+        analytics_enabled=False,
+        clickhouse_dsn=chdb_dsn,  # the suite's chDB folder: one process may open it
         clickhouse_database=f"flood_{unique}",
         data_dir=workdir / f"flood-{unique}",
         api_port=free_port(),
+        firing_runtime="process" if layout == "process" else "thread",
     )
     app = Application(
         settings,
-        components=Components(dispatcher=layout == "thread", consumer=False, sync=False),
+        components=Components(dispatcher=layout != "main_loop", consumer=False, sync=False),
     )
     sink = _Lateness()
     app.sink.add(sink)
@@ -220,39 +187,6 @@ async def _layout(
             await task
 
         stop_dispatcher = stop_main_loop
-    elif layout == "process":
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(
-            target=_dispatcher_process,
-            args=({**common, "data_dir": workdir / f"flood-{unique}-dispatcher"}, queue),
-        )
-        proc.start()
-        reading, started = threading.Event(), threading.Event()
-        reading.set()
-
-        def read_queue() -> None:
-            while reading.is_set():
-                with contextlib.suppress(Exception):
-                    late = queue.get(timeout=0.2)
-                    if late is None:
-                        started.set()
-                    else:
-                        sink.lateness_s.append(late)
-
-        reader = threading.Thread(target=read_queue, daemon=True)
-        reader.start()
-        if not await asyncio.to_thread(started.wait, 120):
-            raise RuntimeError("the dispatcher process did not start")
-
-        async def stop_process() -> None:
-            assert proc.pid is not None
-            os.kill(proc.pid, signal.SIGTERM)
-            await asyncio.to_thread(proc.join, 60)
-            reading.clear()
-            await asyncio.to_thread(reader.join, 5)
-
-        stop_dispatcher = stop_process
     try:
         topic = f"flood-{unique}"
         rest = await _phase(app, store, sink, topic, sizes, flood=False)
@@ -269,16 +203,16 @@ async def _layout(
 async def run(
     redis_url: str, bootstrap: str, chdb_dsn: str, rate: float, duration: float, clients: int
 ) -> Result:
-    """Both layouts, each at rest and under the flood."""
+    """Each layout at rest and under the flood."""
     servers = (redis_url, bootstrap, chdb_dsn)
     sizes = {"rate": rate, "duration": duration, "clients": clients}
     with tempfile.TemporaryDirectory(prefix="delayline-flood-") as tmp:
         work = Path(tmp)
         layouts = {
             name: await _layout(servers, work, sizes, layout=name)
-            for name in ("thread", "process", "main_loop")
+            for name in ("process", "thread", "main_loop")
         }
-    ours = layouts["thread"]
+    ours = layouts["process"]
     return {
         "rate": rate,
         "duration_s": duration,
