@@ -96,7 +96,10 @@ class FiringProcess:
     @property
     def running(self) -> bool:
         """Whether a child is up and firing."""
-        return self.pid is not None and self._ready is not None and self._ready.done()
+        ready = self._ready
+        if ready is None or not ready.done() or ready.cancelled() or ready.exception() is not None:
+            return False
+        return self.pid is not None
 
     async def start(self) -> None:
         """Start the child; returns once it fires (raises what stopped it from starting)."""
@@ -123,6 +126,8 @@ class FiringProcess:
         )
         process.start()  # from the loop's thread, which lives as long as the service
         control_read.close()
+        if self._control is not None:
+            self._control.close()  # the previous child's
         self._process, self._control = process, control_write
         self._started_at = time.monotonic()
         self._reader = threading.Thread(
@@ -132,6 +137,7 @@ class FiringProcess:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_SECONDS)
         except TimeoutError:
+            self._ready.cancel()
             process.kill()
             raise RuntimeError("the firing process did not start in time") from None
         log.info("firing process %d started", process.pid)
