@@ -5,6 +5,7 @@ Kafka-protocol broker (so fired messages outlive a service's restart)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,7 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from delayline.adapters.embedded import EmbeddedTansu, free_port
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
+from delayline.services.scheduler_service import scheduler_service
+from delayline.settings import load_settings
 from tests.support import TopicReader
 
 HEALTH = "/api/v1/schedules/monitoring/health"
@@ -265,3 +268,39 @@ def test_the_firing_process_exits_with_a_killed_service(
     served.proc.kill()
     served.proc.wait(10)
     _wait_for(lambda: not _alive(child), 40, "the orphaned firing process to exit")
+
+
+@pytest.mark.parametrize("chosen", [None, "process"])
+async def test_scheduler_service_in_a_callers_process_fires_from_a_thread_unless_told(
+    valkey: EmbeddedValkey,
+    clickhouse_dsn: str,
+    clickhouse_root: object,  # the session's engine: this service shares its folder
+    broker: EmbeddedTansu,
+    tmp_path: Path,
+    token: str,
+    chosen: str | None,
+) -> None:
+    topic = f"inproc-{token}"
+    reader = TopicReader(broker.bootstrap_servers, topic)
+    settings = load_settings(
+        redis_url=valkey.url,
+        redis_key_prefix=f"inproc-{token}",
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        clickhouse_dsn=clickhouse_dsn,
+        clickhouse_database=f"inproc_{token}",
+        data_dir=tmp_path,
+        **({} if chosen is None else {"firing_runtime": chosen}),
+    )
+    await scheduler_service.start(settings)
+    try:
+        children = _spawned_children(os.getpid())
+        assert len(children) == (0 if chosen is None else 1)
+        schedule_id = await scheduler_service.schedule_event(
+            topic=topic, body="x", scheduled_at=datetime.now(UTC) + timedelta(seconds=0.5)
+        )
+        [message] = await asyncio.to_thread(reader.read, 1, 30)
+        assert message.header("x-schedule-id") == schedule_id
+    finally:
+        await scheduler_service.stop()
+        reader.close()
+    assert all(not _alive(pid) for pid in children)

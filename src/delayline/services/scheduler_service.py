@@ -28,9 +28,12 @@ class LazySchedulerService:
         """Connect (starting embedded servers if no URLs are set) and start the loops."""
         if self._app is not None:
             return
-        app = Application(
-            settings or load_settings(), components=Components(consumer=False, api=False)
-        )
+        settings = settings or load_settings()
+        if "firing_runtime" not in settings.model_fields_set:
+            # In the caller's process the dispatcher takes a thread: a spawned child would
+            # import the caller's main module again.
+            settings = settings.model_copy(update={"firing_runtime": "thread"})
+        app = Application(settings, components=Components(consumer=False, api=False))
         await app.start()
         self._app = app
 
