@@ -119,9 +119,9 @@ class Settings(BaseSettings):
     """When set (JSON list of glob patterns, ``["user.*"]``), events may target only these."""
 
     # --- dispatcher ----------------------------------------------------------------------------
-    firing_runtime: Literal["process", "thread"] = "process"
-    """Where the dispatcher runs: its own process (no request handling shares its GIL) or its
-    own event-loop thread in the service's process."""
+    firing_runtime: Literal["process", "thread"] = "thread"
+    """Where the dispatcher runs: its own event-loop thread in the service's process, or its
+    own process (no request handling shares its GIL)."""
     claim_batch_size: int = Field(100, gt=0, le=10_000)
     max_inflight_batches: int = Field(16, gt=0)
     lease_seconds: float = Field(30, gt=0)

@@ -1,4 +1,4 @@
-"""`delayline serve` with the dispatcher in its own process (the default) or thread: events fire,
+"""`delayline serve` with the dispatcher in its own process or thread (the default): events fire,
 their outcomes reach the service, the child is restarted when killed, drains on SIGTERM and dies
 with a killed service. Real servers: the embedded Valkey and chDB of each service, the session's
 Kafka-protocol broker (so fired messages outlive a service's restart)."""
@@ -26,6 +26,7 @@ from delayline.settings import load_settings
 from tests.support import TopicReader
 
 HEALTH = "/api/v1/schedules/monitoring/health"
+PROCESS = {"SCHEDULES_FIRING_RUNTIME": "process"}
 
 
 class Served:
@@ -159,7 +160,7 @@ def test_events_fire_and_their_outcomes_reach_the_service(
 ) -> None:
     topic = f"fire-{token}"
     reader = TopicReader(broker.bootstrap_servers, topic)
-    extra = {} if runtime == "process" else {"SCHEDULES_FIRING_RUNTIME": "thread"}
+    extra = {} if runtime == "thread" else {"SCHEDULES_FIRING_RUNTIME": runtime}
     served = Served(tmp_path, broker.bootstrap_servers, token, **extra)
     try:
         children = served.firing_children()
@@ -204,7 +205,9 @@ def test_a_killed_firing_process_is_restarted_and_loses_no_event(
 ) -> None:
     topic = f"kill-{token}"
     reader = TopicReader(broker.bootstrap_servers, topic)
-    served = Served(tmp_path, broker.bootstrap_servers, token, SCHEDULES_LEASE_SECONDS="3")
+    served = Served(
+        tmp_path, broker.bootstrap_servers, token, SCHEDULES_LEASE_SECONDS="3", **PROCESS
+    )
     try:
         [child] = served.firing_children()
         ids = served.schedule(topic, 300, first_in=1, spread=4)
@@ -236,7 +239,7 @@ def test_sigterm_drains_the_firing_process_and_a_restart_fires_each_event_once(
 ) -> None:
     topic = f"drain-{token}"
     reader = TopicReader(broker.bootstrap_servers, topic)
-    served = Served(tmp_path, broker.bootstrap_servers, token)
+    served = Served(tmp_path, broker.bootstrap_servers, token, **PROCESS)
     try:
         ids = served.schedule(topic, 400, first_in=1, spread=6)
         reader.read(60, timeout=30)
@@ -246,7 +249,7 @@ def test_sigterm_drains_the_firing_process_and_a_restart_fires_each_event_once(
     assert "firing process draining (asked by the parent)" in served.log()
     before = len(reader.read_for(2))
     assert 0 < before < len(ids)  # stopped while firing, with events left for the restart
-    again = Served(tmp_path, broker.bootstrap_servers, token)
+    again = Served(tmp_path, broker.bootstrap_servers, token, **PROCESS)
     try:
         reader.read(len(ids), timeout=60)
         reader.read_for(3)  # anything fired a second time would arrive now
@@ -262,7 +265,7 @@ def test_sigterm_drains_the_firing_process_and_a_restart_fires_each_event_once(
 def test_the_firing_process_exits_with_a_killed_service(
     tmp_path: Path, broker: EmbeddedTansu, token: str
 ) -> None:
-    served = Served(tmp_path, broker.bootstrap_servers, token)
+    served = Served(tmp_path, broker.bootstrap_servers, token, **PROCESS)
     [child] = served.firing_children()
     assert re.search(rb"spawn_main", Path(f"/proc/{child}/cmdline").read_bytes())
     served.proc.kill()
