@@ -151,9 +151,9 @@ class FiringProcess:
         while True:
             batch: list[tuple[Any, ...]] = []
             try:
-                batch.append(results.get(timeout=0.2))
+                batch.extend(results.get(timeout=0.2))
                 while len(batch) < MESSAGES_PER_HAND_OVER:
-                    batch.append(results.get_nowait())
+                    batch.extend(results.get_nowait())
             except queue.Empty:
                 pass
             except (EOFError, OSError):
@@ -253,19 +253,32 @@ class FiringProcess:
 
 
 class _QueueSink:
-    """In the child: every result, transition and breaker change goes to the parent."""
+    """In the child: every result, transition and breaker change goes to the parent, batched
+    per loop turn (one message on the queue, not one per item)."""
 
-    def __init__(self, results: Any) -> None:
+    def __init__(self, results: Any, loop: asyncio.AbstractEventLoop) -> None:
         self._results = results
+        self._loop = loop
+        self._buffer: list[tuple[Any, ...]] = []
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._buffer.append(message)
+        if len(self._buffer) == 1:
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._results.put(batch)
 
     def record(self, result: ExecutionResult) -> None:
-        self._results.put(("result", result))
+        self.send(("result", result))
 
     def transition(self, entry: LifecycleEntry) -> None:
-        self._results.put(("transition", entry))
+        self.send(("transition", entry))
 
     def breaker_changed(self, name: str, state: str) -> None:
-        self._results.put(("breaker", name, state))
+        self.send(("breaker", name, state))
 
 
 def child_main(
@@ -286,7 +299,7 @@ def child_main(
         asyncio.run(_run_child(settings, redis_url, bootstrap_servers, results, control))
     except Exception as exc:
         log.exception("the firing process failed")
-        results.put(("failed", str(exc)))
+        results.put([("failed", str(exc))])
     results.close()
     results.join_thread()  # everything sent is in the pipe before the process ends
 
@@ -300,7 +313,7 @@ async def _run_child(
 ) -> None:
     s = settings
     loop = asyncio.get_running_loop()
-    out = _QueueSink(results)
+    out = _QueueSink(results, loop)
     breakers = {
         name: CircuitBreaker(name, max_reset_timeout=5.0, on_change=out.breaker_changed)
         for name in ("redis_firing", "kafka_producer")
@@ -357,22 +370,23 @@ async def _run_child(
 
         loop.add_reader(control.fileno(), on_control)
         loop.add_signal_handler(signal.SIGTERM, stop, "SIGTERM")
-        reporter = asyncio.create_task(_report_claims(dispatcher, results))
-        results.put(("ready",))
+        reporter = asyncio.create_task(_report_claims(dispatcher, out))
+        out.send(("ready",))
         try:
             await dispatcher.run()
         finally:
             reporter.cancel()
-            results.put(("claims", 0))
+            out.send(("claims", 0))
+            out.flush()
     finally:
         await publisher.stop(s.shutdown_timeout)
         await client.aclose()
 
 
-async def _report_claims(dispatcher: Dispatcher, results: Any) -> None:
+async def _report_claims(dispatcher: Dispatcher, out: _QueueSink) -> None:
     last = -1
     while True:
         if dispatcher.claims_in_flight != last:
             last = dispatcher.claims_in_flight
-            results.put(("claims", last))
+            out.send(("claims", last))
         await asyncio.sleep(CLAIMS_REPORT_SECONDS)
