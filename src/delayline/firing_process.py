@@ -27,16 +27,10 @@ from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
-from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult, LifecycleEntry
-from delayline.firing_runtime import (
-    START_TIMEOUT_SECONDS,
-    dispatcher_config,
-    firing_pool_size,
-    redis_client,
-)
+from delayline.firing_runtime import START_TIMEOUT_SECONDS, dispatcher_config, firing_clients
 from delayline.ports import LifecycleSink, OutcomeSink
 from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
 from delayline.services.dispatcher import Dispatcher
@@ -318,19 +312,7 @@ async def _run_child(
         name: CircuitBreaker(name, max_reset_timeout=5.0, on_change=out.breaker_changed)
         for name in ("redis_firing", "kafka_producer")
     }
-    client = redis_client(
-        redis_url,
-        max_connections=firing_pool_size(s.max_inflight_batches),
-        pool_timeout=s.redis_pool_timeout,
-    )
-    publisher = KafkaEventPublisher(
-        producer_config(
-            bootstrap_servers,
-            linger_ms=s.kafka_linger_ms,
-            lease_seconds=s.lease_seconds,
-            extra=s.resolved_kafka_client_options,
-        )
-    )
+    client, publisher = firing_clients(s, redis_url, bootstrap_servers)
     try:
         await client.ping()
         await publisher.start()

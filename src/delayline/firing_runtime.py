@@ -61,6 +61,27 @@ def redis_client(
     return Redis.from_pool(pool)  # closing the client closes its pool
 
 
+def firing_clients(
+    s: Settings, redis_url: str, bootstrap_servers: str
+) -> tuple[Redis, KafkaEventPublisher]:
+    """The firing path's own Redis client and Kafka producer (not started), whichever runtime
+    runs it."""
+    client = redis_client(
+        redis_url,
+        max_connections=firing_pool_size(s.max_inflight_batches),
+        pool_timeout=s.redis_pool_timeout,
+    )
+    publisher = KafkaEventPublisher(
+        producer_config(
+            bootstrap_servers,
+            linger_ms=s.kafka_linger_ms,
+            lease_seconds=s.lease_seconds,
+            extra=s.resolved_kafka_client_options,
+        )
+    )
+    return client, publisher
+
+
 def firing_pool_size(max_inflight_batches: int) -> int:
     """Connections the firing path can use at once: a claim and an ack or retry per in-flight
     batch, the reaper, and the wake-up subscription."""
@@ -177,19 +198,7 @@ class FiringThread:
     async def _run(self) -> None:
         s = self._settings
         self._loop = asyncio.get_running_loop()
-        client = redis_client(
-            self._redis_url,
-            max_connections=firing_pool_size(s.max_inflight_batches),
-            pool_timeout=s.redis_pool_timeout,
-        )
-        publisher = KafkaEventPublisher(
-            producer_config(
-                self._bootstrap_servers,
-                linger_ms=s.kafka_linger_ms,
-                lease_seconds=s.lease_seconds,
-                extra=s.resolved_kafka_client_options,
-            )
-        )
+        client, publisher = firing_clients(s, self._redis_url, self._bootstrap_servers)
         try:
             await client.ping()
             await publisher.start()
