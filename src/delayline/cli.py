@@ -346,7 +346,7 @@ def tail(
             "topic.metadata.refresh.interval.ms": 2000,
             "group.id": f"delayline-tail-{os.getpid()}",
             # Read from the start and skip what came before us: the embedded broker answers
-            # "latest" offsets wrongly (DESIGN.md).
+            # "latest" offsets wrongly.
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 10,

@@ -120,7 +120,7 @@ class EventBus:
         self.delayed_topic = delayed_topic
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap_servers,
-            "linger.ms": 1,  # librdkafka's default 5 ms adds straight to latency (DESIGN.md)
+            "linger.ms": 1,  # librdkafka's default 5 ms adds straight to latency
             "enable.idempotence": False,
             "acks": "all",
         }

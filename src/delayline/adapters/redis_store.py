@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 _PRIORITY_OFFSET = 2**31 - 1
 _PREFIX_LEN = 21
 SCHEDULE_CHUNK = 500
-"""Events per schedule script: bounds how long one call blocks the server (DESIGN.md)."""
+"""Events per schedule script: bounds how long one call blocks the server."""
 
 
 def priority_part(priority: int) -> str:

@@ -3,8 +3,8 @@
 ``<JSON of the fields>\\n<body>``: the body's bytes are stored raw after the first newline
 (JSON never contains a raw newline), so a JSON body is not escaped a second time and a binary
 one needs no encoding; the schedule id is not stored (it is the hash field), nor are empty or
-default fields. This keeps Redis memory per pending event small (DESIGN.md: ≈ 473 B budget
-with a 300-byte body). The creation time is stored as microseconds before the due time
+default fields. This keeps Redis memory per pending event small (BENCHMARKS.md has the
+bytes per event). The creation time is stored as microseconds before the due time
 (``"d"``, 7–13 digits instead of 16); values written before 2026-11 carry it absolute (``"k"``)
 and still decode.
 
