@@ -13,7 +13,7 @@ from delayline.domain.events import EventStatus, ScheduledEvent, to_epoch_us
 
 
 class Outcome(StrEnum):
-    """The spec's ``schedule_execution_results.status`` values."""
+    """The values of ``schedule_execution_results.status``: how one attempt ended."""
 
     SUCCESS = "success"
     ERROR = "error"
