@@ -1,5 +1,4 @@
-"""Scenario 3 (PENDING: fails until the producer survives a broker restart; rename to
-test_broker_restart.py after the fix). Stop the in-memory broker under load, start it again."""
+"""Scenario 3: stop the in-memory broker under load, start it again."""
 
 from __future__ import annotations
 

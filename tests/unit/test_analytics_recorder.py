@@ -243,7 +243,7 @@ async def test_service_passes_filters_and_checks_ranges() -> None:
     assert await service.get_summary(start, end) == {"enabled": True, "total_executions": 1}
     with pytest.raises(ValueError, match="after"):
         await service.get_summary(end, start)
-    # naive datetimes (the spec's datetime.utcnow()) are UTC
+    # naive datetimes (as from datetime.utcnow()) are UTC
     assert await service.get_summary(start.replace(tzinfo=None), end) == {
         "enabled": True,
         "total_executions": 1,
