@@ -117,7 +117,10 @@ class ShardOwnership:
         """Heartbeat and rebalance until ``stop_event``; then call :meth:`release_all`."""
         while not stop_event.is_set():
             try:
-                await self.rebalance_once()
+                # Bounded: a server that stops answering must not hold the loop (owned()
+                # shrinks at the deadlines regardless; the bound lets the node retry).
+                async with asyncio.timeout(self.period_seconds):
+                    await self.rebalance_once()
             except Exception as exc:  # unreachable or failing server: retry next tick
                 self.errors += 1
                 log.warning("shard ownership tick failed (node %s): %s", self.node_id, exc)
