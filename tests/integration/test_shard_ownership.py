@@ -97,15 +97,13 @@ async def leases(redis_client: Redis, unique: str) -> AsyncIterator[RedisShardLe
 
 
 def make_node(leases: RedisShardLeases, name: str) -> Node:
-    node = Node(ShardOwnership(leases, name, SHARDS, lease_seconds=LEASE))
-
     async def hand_back(shards: frozenset[int]) -> None:
         # The hook must run after the shards left owned(): the dispatcher no longer claims
         # there. (An assertion here would be swallowed by the service's guard.)
         node.handed_back.append(shards)
         node.still_owned_in_hook |= shards & node.ownership.owned()
 
-    node.ownership._on_hand_back = hand_back
+    node = Node(ShardOwnership(leases, name, SHARDS, lease_seconds=LEASE, on_hand_back=hand_back))
     return node
 
 
