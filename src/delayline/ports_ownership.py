@@ -40,3 +40,7 @@ class ShardLeases(Protocol):
     async def release(self, node_id: str, tokens: Mapping[int, int]) -> None:
         """Give up the leases still held as ``node_id`` with these tokens."""
         ...
+
+    async def holders(self, shards: Collection[int]) -> dict[int, tuple[str, int]]:
+        """Shard → (node, fencing token) of each lease held now (for stats)."""
+        ...

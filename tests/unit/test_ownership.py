@@ -59,6 +59,9 @@ class MemoryLeases:
         self._pass("renew")
         return frozenset(s for s, t in tokens.items() if self.held.get(s) == (node_id, t))
 
+    async def holders(self, shards: Collection[int]) -> dict[int, tuple[str, int]]:
+        return {s: self.held[s] for s in shards if s in self.held}
+
     async def release(self, node_id: str, tokens: Mapping[int, int]) -> None:
         self._pass("release")
         for shard, token in tokens.items():

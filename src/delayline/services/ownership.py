@@ -144,7 +144,8 @@ class ShardOwnership:
 
     async def release_all(self) -> None:
         """Stop claiming everywhere, leave the membership and give every lease up (a clean
-        stop: the others take the shards on their next tick, not after the lease)."""
+        stop: the others take the shards on their next tick, not after the lease). Call it
+        once :meth:`run` has returned."""
         surplus = frozenset(self._held)
         self._wanted = frozenset()
         try:
