@@ -5,8 +5,7 @@
 one needs no encoding; the schedule id is not stored (it is the hash field), nor are empty or
 default fields. This keeps Redis memory per pending event small (BENCHMARKS.md has the
 bytes per event). The creation time is stored as microseconds before the due time
-(``"d"``, 7–13 digits instead of 16); values written before 2026-11 carry it absolute (``"k"``)
-and still decode.
+(``"d"``, 7–13 digits instead of 16).
 
 With a :class:`PayloadSealer` (encryption at rest), the headers and body are sealed together
 in the body's place and the JSON carries ``"z": 1`` instead of ``"h"``.
@@ -141,7 +140,7 @@ def _event(
     body: bytes,
 ) -> ScheduledEvent:
     due_us: int = doc["s"]
-    created = from_epoch_us(due_us - doc["d"] if "d" in doc else doc["k"])
+    created = from_epoch_us(due_us - doc["d"])
     return ScheduledEvent(
         schedule_id=schedule_id,
         topic=doc["t"],
@@ -190,7 +189,6 @@ def with_due(raw: bytes, due_us: int) -> bytes:
     meta, _, body = raw.partition(b"\n")
     doc = orjson.loads(meta)
     doc.pop("r", None)
-    if "d" in doc:
-        doc["d"] += due_us - doc["s"]
+    doc["d"] += due_us - doc["s"]
     doc["s"] = due_us
     return orjson.dumps(doc) + b"\n" + body
