@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DueEvents
-from delayline.domain.events import ScheduledEvent
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 
 
 @dataclass(frozen=True)
@@ -129,12 +128,12 @@ class PagedFar:
         self.slow_started = asyncio.Event()
         self.slow_cancelled = False
 
-    async def due_before(self, until: datetime, limit: int) -> DueEvents:
+    async def due_before(self, until: datetime, limit: int) -> DuePage:
         return await self.due_after(until, limit, None)
 
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> DueEvents:
+    ) -> DuePage:
         self.pages += 1
         n = self.pages
         if n == self.fail_page:
@@ -151,8 +150,8 @@ class PagedFar:
             await self.after_page[n]()
         return page
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
+    async def mark_queued(self, page: DuePage) -> list[str]:
+        return await self.inner.mark_queued(page)
 
     async def cleanup(self, older_than: datetime) -> int:
         return await self.inner.cleanup(older_than)

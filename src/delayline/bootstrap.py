@@ -23,7 +23,7 @@ from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsSto
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, write_private
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
@@ -146,7 +146,7 @@ class Application:
         self.firing: FiringThread | FiringProcess | None = None
         self.clickhouse: ClickHouseClient | None = None
         self.far: ClickHouseLongTermStore | None = None
-        self.sync: SyncService | None = None
+        self.sync: SyncService[DuePage] | None = None
         self.analytics: ScheduleAnalyticsService | None = None
         self.lifecycle: LifecycleService | None = None
         self.consumer: DelayedEventsConsumer | None = None
@@ -300,7 +300,7 @@ class Application:
             await run_migrations(
                 self.clickhouse, ttl_days=s.execution_history_ttl_days, progress=log.info
             )
-        far = ClickHouseLongTermStore(self.clickhouse, self.cipher)
+        far = ClickHouseLongTermStore(self.clickhouse, self.cipher, self.clock)
         self.far = cast(ClickHouseLongTermStore, Guarded(far, self.breakers["clickhouse"]))
 
     async def _start_analytics(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,12 +12,12 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.embedded import EmbeddedTansu
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
-from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us, to_epoch_us
+from delayline.domain.events import EventStatus, from_epoch_us, to_epoch_us
 from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Finished
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
@@ -33,7 +32,7 @@ TRANSFER = 3600
 @dataclass
 class Hybrid:
     service: SchedulerService
-    sync: SyncService
+    sync: SyncService[DuePage]
     near: RedisNearTermStore
     far: ClickHouseLongTermStore
     clock: ManualClock
@@ -129,14 +128,14 @@ class _CrashAfterRedis:
         self.inner = inner
         self.crashed = False
 
-    async def due_before(self, until: datetime, limit: int) -> list[ScheduledEvent]:
+    async def due_before(self, until: datetime, limit: int) -> DuePage:
         return await self.inner.due_before(until, limit)
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
+    async def mark_queued(self, page: DuePage) -> list[str]:
         if not self.crashed:
             self.crashed = True
             raise ConnectionError("node died between the Redis write and the status write")
-        return await self.inner.mark_queued(events)
+        return await self.inner.mark_queued(page)
 
     async def cleanup(self, older_than: datetime) -> int:
         return await self.inner.cleanup(older_than)
@@ -175,14 +174,14 @@ class _CancelDuringSync:
         self.service: SchedulerService | None = None
         self.victim = ""
 
-    async def due_before(self, until: datetime, limit: int) -> list[ScheduledEvent]:
-        events = await self.inner.due_before(until, limit)
+    async def due_before(self, until: datetime, limit: int) -> DuePage:
+        page = await self.inner.due_before(until, limit)
         assert self.service is not None
         assert await self.service.cancel_event(self.victim)
-        return events
+        return page
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
+    async def mark_queued(self, page: DuePage) -> list[str]:
+        return await self.inner.mark_queued(page)
 
     async def cleanup(self, older_than: datetime) -> int:
         return await self.inner.cleanup(older_than)
@@ -355,9 +354,9 @@ async def test_a_second_sync_does_not_take_back_what_the_first_moved(hybrid: Hyb
     until = hybrid.clock.now() + timedelta(seconds=TRANSFER)
     read_a = await hybrid.far.due_before(until, 1000)
     read_b = await hybrid.far.due_before(until, 1000)
-    await hybrid.near.schedule(read_a)
+    await hybrid.near.schedule(read_a.events)
     assert await hybrid.far.mark_queued(read_a) == []
-    await hybrid.near.schedule(read_b)
+    await hybrid.near.schedule(read_b.events)
     assert await hybrid.far.mark_queued(read_b) == []  # nothing to take back out of Redis
     assert (await hybrid.near.counts())["pending"] == 20
     stored = [await hybrid.far.get(i) for i in ids]

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from delayline.domain.events import ScheduledEvent
 from delayline.ports import Clock
@@ -44,22 +44,33 @@ class SyncNearStore(Protocol):
     async def remove_orphans(self) -> int: ...
 
 
-class SyncFarStore(Protocol):
+class DuePage(Protocol):
+    """Due events as the far tier read them, earliest first; handed back to ``mark_queued``
+    as they are (the tier may keep in it what it needs to mark them)."""
+
+    @property
+    def events(self) -> Sequence[ScheduledEvent]: ...
+
+
+PageT = TypeVar("PageT", bound=DuePage)
+
+
+class SyncFarStore(Protocol[PageT]):
     """What the sync needs of the ClickHouse tier."""
 
-    async def due_before(self, until: datetime, limit: int) -> list[ScheduledEvent]: ...
+    async def due_before(self, until: datetime, limit: int) -> PageT: ...
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]: ...
+    async def mark_queued(self, page: PageT) -> list[str]: ...
 
     async def cleanup(self, older_than: datetime) -> int: ...
 
 
-class PagedFarStore(SyncFarStore, Protocol):
+class PagedFarStore(SyncFarStore[PageT], Protocol[PageT]):
     """A far store that can continue after the last event of the previous page."""
 
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> list[ScheduledEvent]: ...
+    ) -> PageT: ...
 
 
 class Lease(Protocol):
@@ -72,13 +83,13 @@ class Lease(Protocol):
     async def release(self) -> bool: ...
 
 
-class SyncService:
+class SyncService(Generic[PageT]):
     """Runs the sync and the cleanup, periodically and on demand."""
 
     def __init__(
         self,
         near: SyncNearStore,
-        far: SyncFarStore,
+        far: SyncFarStore[PageT],
         lease: Lease,
         clock: Clock,
         *,
@@ -130,7 +141,7 @@ class SyncService:
             return 0
         try:
             if callable(getattr(self._far, "due_after", None)):
-                moved = await self._sync_pipelined(cast(PagedFarStore, self._far))
+                moved = await self._sync_pipelined(cast(PagedFarStore[PageT], self._far))
             else:
                 moved = await self._sync_serially()
         finally:
@@ -139,10 +150,11 @@ class SyncService:
             log.info("sync: moved %d events into Redis", moved)
         return moved
 
-    async def _move(self, events: Sequence[ScheduledEvent]) -> int:
+    async def _move(self, page: PageT) -> int:
         """Redis first, then ``queued``; take back what changed meanwhile. How many moved."""
+        events = page.events
         await self._near.schedule(events)
-        changed = await self._far.mark_queued(events)
+        changed = await self._far.mark_queued(page)
         if changed:
             by_id = {e.schedule_id: e for e in events}
             for schedule_id in changed:
@@ -157,35 +169,35 @@ class SyncService:
     async def _sync_serially(self) -> int:
         moved = 0
         while True:
-            events = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
-            if not events:
+            page = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
+            if not page.events:
                 break
-            moved += await self._move(events)
-            if len(events) < self._batch:
+            moved += await self._move(page)
+            if len(page.events) < self._batch:
                 break
             if await self._lease.renew() is None:
                 log.warning("sync: lease lost mid-run; stopping (another node continues)")
                 break
         return moved
 
-    async def _sync_pipelined(self, far: PagedFarStore) -> int:
+    async def _sync_pipelined(self, far: PagedFarStore[PageT]) -> int:
         """Batch k+1 is read while batch k goes into Redis (and is marked ``queued``)."""
         until = self._clock.now() + self._horizon
         moved = 0
-        ahead: asyncio.Task[list[ScheduledEvent]] | None = asyncio.ensure_future(
+        ahead: asyncio.Task[PageT] | None = asyncio.ensure_future(
             far.due_after(until, self._batch, None)
         )
         try:
             while ahead is not None:
-                events = await ahead
+                page = await ahead
                 ahead = None
-                if not events:
+                if not page.events:
                     break
-                if len(events) >= self._batch:
-                    last = events[-1]
+                if len(page.events) >= self._batch:
+                    last = page.events[-1]
                     after = (last.scheduled_at, last.priority, last.schedule_id)
                     ahead = asyncio.ensure_future(far.due_after(until, self._batch, after))
-                moved += await self._move(events)
+                moved += await self._move(page)
                 if ahead is not None and await self._lease.renew() is None:
                     log.warning("sync: lease lost mid-run; stopping (another node continues)")
                     break

@@ -33,7 +33,7 @@ async def test_bodies_keep_their_bytes_on_every_path(lt_store: ClickHouseLongTer
     assert await lt_store.reschedule("nul-ff-fe", NOW + timedelta(days=1))
     assert await lt_store.mark_status(["bad-sequences"], EventStatus.PENDING, "kept") == 1
     page = await lt_store.due_before(NOW + timedelta(days=3), 100)  # the sync's Arrow read
-    assert {e.schedule_id: e.body for e in page} == BODIES
+    assert {e.schedule_id: e.body for e in page.events} == BODIES
     assert await lt_store.mark_queued(page) == []  # the sync's column-wise write
     for sid, body in BODIES.items():
         got = await lt_store.get(sid)

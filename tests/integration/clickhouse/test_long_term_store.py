@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.rows import successor
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -97,8 +98,10 @@ async def test_due_before_orders_by_time_then_priority(lt_store: ClickHouseLongT
         ]
     )
     due = await lt_store.due_before(NOW + timedelta(days=5), limit=10)
-    assert [e.schedule_id for e in due] == ["first", "high", "low", "late"]
-    assert [e.schedule_id for e in await lt_store.due_before(NOW + timedelta(days=3), 2)] == [
+    assert [e.schedule_id for e in due.events] == ["first", "high", "low", "late"]
+    assert [
+        e.schedule_id for e in (await lt_store.due_before(NOW + timedelta(days=3), 2)).events
+    ] == [
         "first",
         "high",
     ]
@@ -112,7 +115,9 @@ async def test_cancel_only_live_events(lt_store: ClickHouseLongTermStore) -> Non
     assert await lt_store.cancel("nope") is False
     got = await lt_store.get("c1")
     assert got is not None and got.status == EventStatus.CANCELLED
-    assert [e.schedule_id for e in await lt_store.due_before(NOW + timedelta(days=9), 10)] == ["c2"]
+    assert [
+        e.schedule_id for e in (await lt_store.due_before(NOW + timedelta(days=9), 10)).events
+    ] == ["c2"]
     counts = await lt_store.counts()
     assert counts["cancelled"] == 1 and counts["pending"] == 1
 
@@ -121,7 +126,7 @@ async def test_reschedule_moves_the_due_time(lt_store: ClickHouseLongTermStore) 
     await lt_store.insert([event("r1", days=2), event("r2", days=3)])
     assert await lt_store.reschedule("r1", NOW + timedelta(days=4)) is True
     due = await lt_store.due_before(NOW + timedelta(days=10), 10)
-    assert [(e.schedule_id, e.scheduled_at) for e in due] == [
+    assert [(e.schedule_id, e.scheduled_at) for e in due.events] == [
         ("r2", NOW + timedelta(days=3)),
         ("r1", NOW + timedelta(days=4)),
     ]
@@ -147,7 +152,7 @@ async def test_mark_queued_reports_events_changed_since_the_read(
     }
     # Queued events are no longer due here; the rescheduled one is, at its new time.
     again = await lt_store.due_before(NOW + timedelta(days=3), 10)
-    assert [(e.schedule_id, e.scheduled_at) for e in again] == [
+    assert [(e.schedule_id, e.scheduled_at) for e in again.events] == [
         ("q3", NOW + timedelta(days=2, hours=1))
     ]
 
@@ -158,14 +163,14 @@ async def test_cancel_beats_a_queued_row_written_after_it(
     """The race window: mark_queued saw 'pending', a cancel landed, then 'queued' is written."""
     await lt_store.insert([event("w1")])
     read = await lt_store.due_before(NOW + timedelta(days=3), 10)
-    stale_store_view = await lt_store._current(["w1"])  # what mark_queued read
+    stale_store_view = await lt_store._table.current(["w1"])  # what mark_queued read
     assert await lt_store.cancel("w1") is True
     row = stale_store_view["w1"]
     queued = row.event.with_status(EventStatus.QUEUED, at=datetime.now(UTC))
-    await lt_store._write([lt_store._next(row, queued, 1)])  # the late queued row lands
+    await lt_store._table.write([successor(row, queued, 1)])  # the late queued row lands
     got = await lt_store.get("w1")
     assert got is not None and got.status == EventStatus.CANCELLED
-    assert read[0].schedule_id == "w1"
+    assert read.events[0].schedule_id == "w1"
     # And a cancel after the event was queued still wins over the queued row.
     await lt_store.insert([event("w2")])
     assert await lt_store.mark_queued(await lt_store.due_before(NOW + timedelta(days=3), 5)) == []
@@ -224,7 +229,7 @@ async def test_cleanup_removes_queued_events_due_before_the_window(
     """Handed to Redis long ago: their outcome is elsewhere. Recent or pending ones stay."""
     await lt_store.insert([event("q-old", days=1), event("p", days=1.5), event("q-new", days=5)])
     due = await lt_store.due_before(NOW + timedelta(days=6), 3)
-    assert await lt_store.mark_queued([e for e in due if e.schedule_id != "p"]) == []
+    assert await lt_store.mark_queued(due.without({"p"})) == []
     assert await lt_store.cleanup(NOW) == 0  # none was due before now
     assert await lt_store.cleanup(NOW + timedelta(days=2)) == 1
     assert await lt_store.get("q-old") is None

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
     CORE_MIGRATIONS,
@@ -127,7 +127,7 @@ async def test_two_syncs_and_a_merge_lose_nothing_in_redis(
     clock = ManualClock(NOW + timedelta(days=2))
     await lt_store.insert([event(f"s{i}", days=2 + i / 86400) for i in range(5)])
 
-    def sync(far: Any, name: str) -> SyncService:
+    def sync(far: Any, name: str) -> SyncService[DuePage]:
         lease = RedisLease(redis_client, f"{store.due_key[:-4]}:{name}", ttl=30)
         return SyncService(
             store, far, lease, clock, transfer_horizon_seconds=3600, retention_days=90
@@ -171,7 +171,7 @@ async def test_an_id_scheduled_again_after_cleanup_is_synced(
     assert await lt_store.insert([event("again", days=2.5)]) == [True]
     # Before the fix: ['other'] — the deleted 'completed' version 3, still in the
     # projection, outranked the new version 1: the new event was never moved (lost).
-    assert ids(await lt_store.due_before(UNTIL, 10)) == ["other", "again"]
+    assert ids((await lt_store.due_before(UNTIL, 10)).events) == ["other", "again"]
 
 
 async def test_ttl_expiry_leaves_no_row_in_the_projection(
@@ -188,7 +188,7 @@ async def test_ttl_expiry_leaves_no_row_in_the_projection(
     )
     await ch_client.command(f"OPTIMIZE TABLE {table(ch_client)} FINAL")
     assert await projection_ids(ch_client) == ["live"]
-    assert ids(await lt_store.due_before(UNTIL, 10)) == ["live"]
+    assert ids((await lt_store.due_before(UNTIL, 10)).events) == ["live"]
 
 
 # --- the upgrade: migration 2 interrupted halfway, then run again ---
@@ -219,9 +219,9 @@ async def test_migration_2_interrupted_after_some_statements_converges(
             await client.command(statement.format(db=client.database, ttl_days=30))
         assert await run_migrations(client, ttl_days=30) != []
         assert await run_migrations(client, ttl_days=30) == []
-        assert ids(await store.due_before(UNTIL, 10)) == []
+        assert ids((await store.due_before(UNTIL, 10)).events) == []
         page = await store.due_before(NOW + timedelta(days=10), 10)
-        assert [(e.schedule_id, e.scheduled_at) for e in page] == [
+        assert [(e.schedule_id, e.scheduled_at) for e in page.events] == [
             ("moved", NOW + timedelta(days=9))
         ]
     finally:
@@ -244,10 +244,11 @@ async def test_equal_due_and_priority_across_pages_by_id(
         after = None
         while True:
             page = await lt_store.due_after(UNTIL, size, after)
-            got.extend(page)
-            if len(page) < size:
+            got.extend(page.events)
+            if len(page.events) < size:
                 break
-            after = (page[-1].scheduled_at, page[-1].priority, page[-1].schedule_id)
+            last = page.events[-1]
+            after = (last.scheduled_at, last.priority, last.schedule_id)
         assert ids(got) == ids(expected), size
 
 
@@ -256,9 +257,9 @@ async def test_an_until_in_another_time_zone_is_the_same_instant(
 ) -> None:
     await lt_store.insert([event("tz1", days=2), event("tz2", days=2 + 1 / 86400)])
     edge = (NOW + timedelta(days=2)).astimezone(timezone(timedelta(hours=-7)))
-    assert ids(await lt_store.due_before(edge, 10)) == ["tz1"]
+    assert ids((await lt_store.due_before(edge, 10)).events) == ["tz1"]
     after = (edge, 0, "tz1")
-    assert ids(await lt_store.due_after(UNTIL, 10, after)) == ["tz2"]
+    assert ids((await lt_store.due_after(UNTIL, 10, after)).events) == ["tz2"]
 
 
 # --- the pipelined sync: errors, a lost lease, cancellation, an event moved earlier ---
@@ -282,7 +283,7 @@ class _Lease:
         return True
 
 
-def _sync(store: RedisNearTermStore, far: Any, lease: Any, batch: int = 2) -> SyncService:
+def _sync(store: RedisNearTermStore, far: Any, lease: Any, batch: int = 2) -> SyncService[DuePage]:
     clock = ManualClock(NOW + timedelta(days=2))
     return SyncService(
         store, far, lease, clock, transfer_horizon_seconds=3600, retention_days=90, batch_size=batch

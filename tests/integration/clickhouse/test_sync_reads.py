@@ -11,13 +11,14 @@ from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.locks import RedisLease
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
     CORE_MIGRATIONS,
     EVENTS_TABLE,
     run_migrations,
 )
+from delayline.adapters.clickhouse.rows import successor
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us
@@ -48,9 +49,9 @@ async def test_an_event_rescheduled_later_is_not_due_at_its_old_time(
     # The old pending row (due in 2 days) stays until a merge; the new one is due in 9 days.
     await lt_store.insert([event("r1", days=2), event("r2", days=2, priority=1)])
     assert await lt_store.reschedule("r1", NOW + timedelta(days=9))
-    assert ids(await lt_store.due_before(NOW + timedelta(days=3), 10)) == ["r2"]
+    assert ids((await lt_store.due_before(NOW + timedelta(days=3), 10)).events) == ["r2"]
     due = await lt_store.due_before(NOW + timedelta(days=10), 10)
-    assert [(e.schedule_id, e.scheduled_at) for e in due] == [
+    assert [(e.schedule_id, e.scheduled_at) for e in due.events] == [
         ("r2", NOW + timedelta(days=2)),
         ("r1", NOW + timedelta(days=9)),
     ]
@@ -70,7 +71,7 @@ async def test_rescheduled_between_the_read_and_mark_queued_is_taken_back(
         "b": (EventStatus.PENDING, NOW + timedelta(days=20)),
         "c": (EventStatus.PENDING, NOW + timedelta(days=1)),
     }
-    assert ids(await lt_store.due_before(NOW + timedelta(days=3), 10)) == ["c"]
+    assert ids((await lt_store.due_before(NOW + timedelta(days=3), 10)).events) == ["c"]
 
 
 async def test_pages_follow_each_other_without_gaps_or_repeats(
@@ -84,18 +85,20 @@ async def test_pages_follow_each_other_without_gaps_or_repeats(
         key=lambda e: (e.scheduled_at, -e.priority, e.schedule_id),
     )
     until = NOW + timedelta(days=3)
-    got: list[ScheduledEvent] = []
+    pages: list[DuePage] = []
     after = None
     while True:
         page = await lt_store.due_after(until, 6, after)
-        got.extend(page)
-        if len(page) < 6:
+        pages.append(page)
+        if len(page.events) < 6:
             break
-        after = (page[-1].scheduled_at, page[-1].priority, page[-1].schedule_id)
-    assert got == expected  # every field, as inserted (decoded column-wise)
-    # Marking each page queued while the next was already read changes nothing of that.
-    assert await lt_store.mark_queued(got) == []
-    assert await lt_store.due_before(until, 100) == []
+        last = page.events[-1]
+        after = (last.scheduled_at, last.priority, last.schedule_id)
+    assert [e for p in pages for e in p.events] == expected  # every field, as inserted
+    # Marking each page queued after the next was already read changes nothing of that.
+    for page in pages:
+        assert await lt_store.mark_queued(page) == []
+    assert (await lt_store.due_before(until, 100)).events == []
 
 
 async def test_queued_rows_not_merged_yet_are_paged_over(
@@ -106,7 +109,7 @@ async def test_queued_rows_not_merged_yet_are_paged_over(
     assert await lt_store.mark_queued(first) == []
     # 20 stale pending rows come first in the order; a page of 5 still finds the other 10.
     rest = await lt_store.due_before(NOW + timedelta(days=3), 5)
-    assert ids(rest) == [f"q{i:02d}" for i in range(20, 25)]
+    assert ids(rest.events) == [f"q{i:02d}" for i in range(20, 25)]
 
 
 async def test_equal_versions_resolve_as_final_does(
@@ -115,20 +118,22 @@ async def test_equal_versions_resolve_as_final_does(
     """Two user actions on one event at once both write ``c + 2``; the later insert wins."""
     await lt_store.insert([event("t1"), event("t2")])
     for sid, last in (("t1", EventStatus.CANCELLED), ("t2", EventStatus.PENDING)):
-        row = (await lt_store._current([sid]))[sid]
+        row = (await lt_store._table.current([sid]))[sid]
         cancelled = row.event.with_status(EventStatus.CANCELLED, at=datetime.now(UTC))
         moved = row.event.with_status(EventStatus.PENDING, at=datetime.now(UTC))
         moved = replace(moved, scheduled_at=NOW + timedelta(days=1))
         order = [moved, cancelled] if last is EventStatus.CANCELLED else [cancelled, moved]
         for version in order:
-            await lt_store._write([lt_store._next(row, version, 2)])
+            await lt_store._table.write([successor(row, version, 2)])
     final = await ch_client.query(
         f"SELECT schedule_id, CAST(status, 'String') FROM {ch_client.database}.{EVENTS_TABLE} "
         "FINAL ORDER BY schedule_id"
     )
     assert [tuple(r) for r in final] == [("t1", "cancelled"), ("t2", "pending")]
     due = await lt_store.due_before(NOW + timedelta(days=3), 10)
-    assert [(e.schedule_id, e.scheduled_at) for e in due] == [("t2", NOW + timedelta(days=1))]
+    assert [(e.schedule_id, e.scheduled_at) for e in due.events] == [
+        ("t2", NOW + timedelta(days=1))
+    ]
 
 
 async def test_upgrade_from_migration_1_keeps_the_sync_exact(
@@ -167,12 +172,15 @@ async def test_upgrade_from_migration_1_keeps_the_sync_exact(
         )
         assert parts and all(BY_LISTED_PROJECTION in list(p[0]) for p in parts)
         store = ClickHouseLongTermStore(client)
-        assert ids(await store.due_before(NOW + timedelta(days=3), 10)) == ["kept"]
-        assert ids(await store.due_before(NOW + timedelta(days=10), 10)) == ["kept", "moved"]
+        assert ids((await store.due_before(NOW + timedelta(days=3), 10)).events) == ["kept"]
+        assert ids((await store.due_before(NOW + timedelta(days=10), 10)).events) == [
+            "kept",
+            "moved",
+        ]
         assert await run_migrations(client, ttl_days=30) == []
         # New writes after the upgrade follow the rule.
         assert await store.reschedule("kept", NOW + timedelta(days=5))
-        assert ids(await store.due_before(NOW + timedelta(days=3), 10)) == []
+        assert ids((await store.due_before(NOW + timedelta(days=3), 10)).events) == []
     finally:
         await client.command(f"DROP DATABASE IF EXISTS {client.database} SYNC")
 
