@@ -294,7 +294,9 @@ class Application:
 
     async def _start_clickhouse(self) -> None:
         s = self.settings
-        self.clickhouse = ClickHouseClient(s.resolved_clickhouse_dsn, s.clickhouse_database)
+        self.clickhouse = ClickHouseClient(
+            s.resolved_clickhouse_dsn, s.clickhouse_database, s.clickhouse_cluster
+        )
         await self.clickhouse.start()
         if self.migrate:
             await run_migrations(
@@ -592,7 +594,9 @@ class Application:
 
 async def run_migrations_cli(settings: Settings, progress: Any = None) -> list[str]:
     """``delayline migrate``: apply the ClickHouse migrations once, with progress lines."""
-    client = ClickHouseClient(settings.resolved_clickhouse_dsn, settings.clickhouse_database)
+    client = ClickHouseClient(
+        settings.resolved_clickhouse_dsn, settings.clickhouse_database, settings.clickhouse_cluster
+    )
     await client.start()
     try:
         return await run_migrations(

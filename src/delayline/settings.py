@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     """Unset: ``chdb:///<data_dir>/clickhouse`` (the engine in-process)."""
     clickhouse_database: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     """Database for the tables (default: the DSN's path for http(s), else ``delayline``)."""
+    clickhouse_cluster: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,63})?$")
+    """The ClickHouse cluster (a ``remote_servers`` name) the tables live on: migrations then
+    create replicated local tables and ``Distributed`` tables over them. Empty: one server."""
     kafka_bootstrap_servers: str | None = None
     """Unset: an embedded Tansu broker is started on loopback."""
     kafka_client_options: dict[str, str] = Field(default_factory=dict)

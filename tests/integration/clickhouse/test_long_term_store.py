@@ -59,6 +59,7 @@ class CountingClient:
     def __init__(self, inner: ClickHouseClient) -> None:
         self.inner = inner
         self.database = inner.database
+        self.cluster = inner.cluster
         self.arrow_inserts: list[int] = []
 
     async def query(

@@ -76,15 +76,16 @@ def _folder_locked_by_other(folder: str) -> bool:
 
 def _validate_identifier(name: str) -> str:
     if not name or not all(ch.isalnum() or ch == "_" for ch in name) or name[0].isdigit():
-        raise ValueError(f"invalid ClickHouse database name {name!r}: use letters, digits and _")
+        raise ValueError(f"invalid ClickHouse name {name!r}: use letters, digits and _")
     return name
 
 
 class _Connection:
     """The process-wide pieces: the clickhouse-connect client and its one thread."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, settings: dict[str, Any]) -> None:
         self.dsn = dsn
+        self.settings = settings
         self.executor: ThreadPoolExecutor | None = None
         self.client: Any = None
 
@@ -103,6 +104,7 @@ class _Connection:
                 self.client = clickhouse_connect.get_client(
                     dsn=self.dsn,
                     database="default",
+                    settings=self.settings,
                     autogenerate_session_id=False,
                     form_encode_query_params=True,
                 )
@@ -125,12 +127,17 @@ class ClickHouseClient:
 
     ``start()`` opens the connection and creates the database if needed; ``stop()`` closes
     it. Both are idempotent. SQL should name tables as ``{database}.table`` (``self.database``).
+
+    ``cluster``: the ClickHouse cluster the schema lives on ("" for one server). Its inserts
+    then go through ``Distributed`` tables in the foreground (``distributed_foreground_insert``),
+    so a write is on its shard when the call returns and the next read sees it.
     """
 
-    def __init__(self, dsn: str, database: str | None = None) -> None:
+    def __init__(self, dsn: str, database: str | None = None, cluster: str = "") -> None:
         self.dsn = dsn
         self.database = _validate_identifier(database or _dsn_database(dsn) or _DEFAULT_DATABASE)
-        self._conn = _Connection(dsn)
+        self.cluster = _validate_identifier(cluster) if cluster else ""
+        self._conn = _Connection(dsn, {"distributed_foreground_insert": 1} if cluster else {})
         self._owner = True
 
     @property
@@ -144,7 +151,7 @@ class ClickHouseClient:
         It needs no ``start()`` of its own beyond creating its database (``start()`` does that
         and nothing else), and its ``stop()`` leaves the shared connection open.
         """
-        other = ClickHouseClient(self.dsn, database)
+        other = ClickHouseClient(self.dsn, database, self.cluster)
         other._conn = self._conn
         other._owner = False
         return other

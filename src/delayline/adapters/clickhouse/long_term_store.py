@@ -77,7 +77,7 @@ _FINISHED_IDS = (
 """Events finished before ``before``, and events handed to Redis that were due before it."""
 _COUNT_FINISHED_SQL = f"SELECT count() FROM ({_FINISHED_IDS}{FINAL_SETTINGS})"
 _DELETE_FINISHED_SQL = (
-    f"ALTER TABLE {{table}} DELETE WHERE schedule_id IN ({_FINISHED_IDS}) "
+    f"ALTER TABLE {{local_table}} DELETE WHERE schedule_id IN ({_FINISHED_IDS}) "
     "SETTINGS mutations_sync = 2"
 )
 _KEY_HEADS_SQL = (

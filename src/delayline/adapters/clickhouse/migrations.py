@@ -37,6 +37,10 @@ leaves one row per event, so no older version of a rescheduled event remains tha
 would need, and builds the projection of every part (``MATERIALIZE`` makes sure). Upgrade with
 the old nodes stopped: an old node writing a reschedule meanwhile would bypass the rule.
 
+On a cluster (``SCHEDULES_CLICKHOUSE_CLUSTER``) each statement runs in its ``ON CLUSTER`` form:
+replicated local tables and ``Distributed`` tables over them under the names above
+(``cluster_ddl``).
+
 Migration 3: ``event_lifecycle``, one row per transition of an event (scheduled, moved,
 claimed, published, retried, completed, failed, skipped, cancelled), written in batches off the
 firing path (``services.lifecycle``). Most rows carry a snapshot of the event, so the record of
@@ -52,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from delayline.adapters.clickhouse.cluster_ddl import for_cluster
 from delayline.domain.events import EventStatus
 
 MIGRATIONS_TABLE = "schema_migrations"
@@ -150,6 +155,7 @@ CORE_MIGRATIONS: list[Migration] = [
 
 class _Client(Protocol):
     database: str
+    cluster: str
 
     async def query(self, sql: str, parameters: Any = None) -> Any: ...
 
@@ -171,13 +177,27 @@ def all_migrations() -> list[Migration]:
     return sorted(migrations, key=lambda m: m[0])
 
 
+def statements_for(client: _Client, statement: str) -> list[str]:
+    """``statement`` as it runs on ``client``'s deployment: itself on one node, its
+    ``ON CLUSTER`` form (``cluster_ddl``) on a cluster."""
+    return for_cluster(statement, client.cluster) if client.cluster else [statement]
+
+
+async def _run(client: _Client, statement: str) -> None:
+    for one in statements_for(client, statement):
+        await client.command(one)
+
+
 async def applied_versions(client: _Client) -> set[int]:
     """Versions recorded in ``schema_migrations`` (creating that table if needed)."""
     db = client.database
-    await client.command(
+    if client.cluster:
+        await client.command(f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {client.cluster}")
+    await _run(
+        client,
         f"CREATE TABLE IF NOT EXISTS {db}.{MIGRATIONS_TABLE} "
         "(version UInt32, name String, applied_at DateTime64(6, 'UTC')) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
+        "ENGINE = ReplacingMergeTree ORDER BY version",
     )
     rows = await client.query(f"SELECT DISTINCT version FROM {db}.{MIGRATIONS_TABLE}")
     return {int(row[0]) for row in rows}
@@ -206,7 +226,7 @@ async def run_migrations(
     for version, name, statements in todo:
         say(f"database {db}: applying {version:03d} {name}")
         for statement in statements:
-            await client.command(statement.format(db=db, ttl_days=int(ttl_days)))
+            await _run(client, statement.format(db=db, ttl_days=int(ttl_days)))
         await client.command(
             f"INSERT INTO {db}.{MIGRATIONS_TABLE} (version, name, applied_at) "
             "VALUES ({v:UInt32}, {n:String}, now64(6, 'UTC'))",

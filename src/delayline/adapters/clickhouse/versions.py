@@ -5,9 +5,10 @@ in the part with the higher block number (the later insert), as ``FINAL`` and
 ``ReplacingMergeTree`` pick. :data:`NEWEST` is that rule in SQL; every query that picks a
 current version without ``FINAL`` orders or aggregates by it.
 
-SQL is built one way: each statement is a constant in which ``{table}`` is the only name
-Python fills in (:meth:`VersionedTable.sql`, with the validated, qualified table name); every
-value is a server-side ``{name:Type}`` parameter.
+SQL is built one way: each statement is a constant in which ``{table}`` (and, for an
+``ALTER``, ``{local_table}``: the table holding this node's rows) are the only names Python
+fills in (:meth:`VersionedTable.sql`, from validated identifiers); every value is a
+server-side ``{name:Type}`` parameter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from delayline.adapters.clickhouse.cluster_ddl import local_table
 from delayline.adapters.clickhouse.migrations import EVENTS_TABLE
 from delayline.adapters.clickhouse.rows import (
     SELECT_COLUMNS,
@@ -67,6 +69,7 @@ class Client(Protocol):
     """What the ``event_schedules`` adapters need of :class:`ClickHouseClient`."""
 
     database: str
+    cluster: str
 
     async def query(
         self, sql: str, parameters: Any = None, *, column_formats: Any = None
@@ -91,12 +94,13 @@ class VersionedTable:
     def __init__(self, client: Client, cipher: PayloadCipher | None, clock: Clock) -> None:
         self.client = client
         self.name = f"{client.database}.{EVENTS_TABLE}"
+        self.local_name = local_table(self.name, client.cluster)
         self.cipher = cipher
         self.clock = clock
 
     def sql(self, template: str) -> str:
-        """``template`` with ``{table}`` naming this table (module docstring)."""
-        return template.replace("{table}", self.name)
+        """``template`` with ``{table}`` and ``{local_table}`` named (module docstring)."""
+        return template.replace("{table}", self.name).replace("{local_table}", self.local_name)
 
     async def query(
         self,
