@@ -97,7 +97,7 @@ class _Connection:
         try:
             if folder is not None:
                 Path(folder).mkdir(parents=True, exist_ok=True)
-                self.client = clickhouse_connect.get_client(dsn=self.dsn)
+                self.client = clickhouse_connect.get_client(dsn=self.dsn, settings=self.settings)
             else:
                 # Connect to ``default``: the target database may not exist yet. Parameters go
                 # in the request body: an ``IN`` list of thousands of ids is too long for a URL.
