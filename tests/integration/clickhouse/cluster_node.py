@@ -42,11 +42,10 @@ async def main(folder: str) -> int:
     try:
         assert await run_migrations(client, ttl_days=30), "nothing applied"
         assert await run_migrations(client, ttl_days=30) == []  # idempotent
-        engines = dict(
-            await client.query(
-                "SELECT name, engine FROM system.tables WHERE database = 'clustered'"
-            )
+        tables = await client.query(
+            "SELECT name, engine FROM system.tables WHERE database = 'clustered'"
         )
+        engines = {str(name): str(engine) for name, engine in tables}
         assert engines["event_schedules"] == "Distributed", engines
         assert engines["event_schedules_local"] == "ReplacingMergeTree", engines
         assert engines["event_lifecycle"] == "Distributed", engines

@@ -115,10 +115,10 @@ def test_a_statement_without_a_cluster_form_is_refused() -> None:
 
 
 def test_the_cluster_setting_is_empty_by_default_and_checked() -> None:
-    assert Settings().clickhouse_cluster == ""
-    assert Settings(clickhouse_cluster="prod_1").clickhouse_cluster == "prod_1"
+    assert Settings.model_validate({}).clickhouse_cluster == ""
+    assert Settings.model_validate({"clickhouse_cluster": "prod_1"}).clickhouse_cluster == "prod_1"
     with pytest.raises(ValueError, match="clickhouse_cluster"):
-        Settings(clickhouse_cluster="prod; DROP")
+        Settings.model_validate({"clickhouse_cluster": "prod; DROP"})
 
 
 def test_the_store_runs_on_distributed_tables_in_chdb(tmp_path: Path) -> None:
