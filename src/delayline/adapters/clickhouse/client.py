@@ -74,9 +74,9 @@ def _folder_locked_by_other(folder: str) -> bool:
     return False
 
 
-def _validate_identifier(name: str) -> str:
+def _validate_identifier(name: str, what: str = "database") -> str:
     if not name or not all(ch.isalnum() or ch == "_" for ch in name) or name[0].isdigit():
-        raise ValueError(f"invalid ClickHouse name {name!r}: use letters, digits and _")
+        raise ValueError(f"invalid ClickHouse {what} name {name!r}: use letters, digits and _")
     return name
 
 
@@ -136,7 +136,7 @@ class ClickHouseClient:
     def __init__(self, dsn: str, database: str | None = None, cluster: str = "") -> None:
         self.dsn = dsn
         self.database = _validate_identifier(database or _dsn_database(dsn) or _DEFAULT_DATABASE)
-        self.cluster = _validate_identifier(cluster) if cluster else ""
+        self.cluster = _validate_identifier(cluster, "cluster") if cluster else ""
         self._conn = _Connection(dsn, {"distributed_foreground_insert": 1} if cluster else {})
         self._owner = True
 
