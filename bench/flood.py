@@ -28,12 +28,13 @@ from typing import Any
 from bench.common import Result, body_300, percentiles
 from bench.common import redis_client as make_client
 from delayline.adapters.embedded import free_port
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.domain.events import ScheduledEvent, utc_now
 from delayline.domain.outcomes import ExecutionResult
 from delayline.firing_runtime import dispatcher_config
-from delayline.resilience import GuardedPublisher
+from delayline.resilience import CircuitBreaker, GuardedPublisher
 from delayline.services.dispatcher import Dispatcher
 from delayline.settings import load_settings
 
@@ -161,21 +162,24 @@ async def _layout(
         api_port=free_port(),
         firing_runtime="process" if layout == "process" else "thread",
     )
-    app = Application(
-        settings,
-        components=Components(dispatcher=layout != "main_loop", consumer=False, sync=False),
-    )
+    roles = {"schedule", "api"} if layout == "main_loop" else {"schedule", "api", "fire"}
+    app = Application(settings, roles=roles)
     sink = _Lateness()
     app.sink.add(sink)
     await app.start()
     client = make_client(redis_url)
     store = RedisNearTermStore(client, prefix=settings.redis_key_prefix)
     stop_dispatcher: Callable[[], Awaitable[None]] | None = None
-    if layout == "main_loop":  # the dispatcher shares the API's loop, Redis pool and producer
-        assert app.near is not None and app.publisher is not None
+    if layout == "main_loop":  # the dispatcher shares the API's loop and Redis pool
+        publisher = KafkaEventPublisher(
+            producer_config(
+                bootstrap, linger_ms=settings.kafka_linger_ms, lease_seconds=settings.lease_seconds
+            )
+        )
+        await publisher.start()
         dispatcher = Dispatcher(
-            app.near,
-            GuardedPublisher(app.publisher, app.breakers["kafka_producer"]),
+            app.wired.near,
+            GuardedPublisher(publisher, CircuitBreaker("kafka_producer")),
             app.sink,
             app.clock,
             dispatcher_config(settings),
@@ -185,6 +189,7 @@ async def _layout(
         async def stop_main_loop() -> None:
             dispatcher.stop()
             await task
+            await publisher.stop(settings.shutdown_timeout)
 
         stop_dispatcher = stop_main_loop
     try:

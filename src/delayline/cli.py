@@ -93,15 +93,28 @@ ApiKey = Annotated[str | None, typer.Option(help="API key (default: $DELAYLINE_A
 def serve(
     no_migrate: Annotated[bool, typer.Option(help="Do not run migrations at start.")] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "INFO",
+    roles: Annotated[
+        str | None,
+        typer.Option(
+            help="What this process runs: a comma list of schedule, fire, sync, api, ingest, "
+            "or all (default: $SCHEDULES_ROLES, else all)."
+        ),
+    ] = None,
 ) -> None:
-    """Run every loop until SIGINT/SIGTERM, then drain gracefully."""
+    """Run the loops of this process's roles until SIGINT/SIGTERM, then drain gracefully."""
     from delayline.bootstrap import Application
+    from delayline.roles import parse_roles
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _settings()
-    application = Application(settings, migrate=not no_migrate)
+    try:
+        chosen = parse_roles(roles) if roles is not None else None
+    except ValueError as exc:
+        err.print(f"[red]--roles: {exc}[/red]")
+        raise typer.Exit(2) from None
+    application = Application(settings, roles=chosen, migrate=not no_migrate)
     try:
         asyncio.run(application.serve_forever())
     except Exception as exc:  # start-up failures: one clear line, not a trace

@@ -6,15 +6,95 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from delayline.domain.outcomes import ExecutionResult
 from delayline.errors import is_disk_full
 from delayline.metrics import Metrics
+from delayline.ports import OutcomeSink
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[object]]
+
+
+class FiringDown(RuntimeError):
+    """The dispatcher's process is not running (it is being started again)."""
+
+
+class IngressStalled(RuntimeError):
+    """The Kafka consumer cannot get past a batch (a store or the dead-letter topic down)."""
+
+
+class UnreadablePayloads(RuntimeError):
+    """Stored events whose payload the key ring cannot open (a key missing or wrong)."""
+
+
+class RunningFlag(Protocol):
+    """A part that knows whether it runs (the dispatcher's thread or process)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether it runs now."""
+        ...
+
+
+class IngressProgress(Protocol):
+    """What the ingress probe reads of the consumer's stats."""
+
+    retries: int
+    stalled_since: float | None
+    last_error: str | None
+
+    def stalled_seconds(self, now: float | None = None) -> float:
+        """How long the current batch has waited."""
+        ...
+
+
+def firing_probe(firing: RunningFlag, runtime: str) -> Probe:
+    """Down while the dispatcher is not running (being restarted)."""
+
+    async def probe() -> object:
+        if not firing.running:
+            raise FiringDown(f"the dispatcher is not running ({runtime})")
+        return True
+
+    return probe
+
+
+def ingress_probe(stats: Callable[[], IngressProgress]) -> Probe:
+    """Down while the Kafka consumer cannot get past a batch."""
+
+    async def probe() -> object:
+        now = stats()
+        if now.stalled_since is not None:
+            raise IngressStalled(
+                f"a batch has waited {now.stalled_seconds():.1f} s "
+                f"({now.retries} retries in all): {now.last_error}"
+            )
+        return True
+
+    return probe
+
+
+def encryption_probe(
+    parked: Callable[[], Awaitable[int]], unreadable: Callable[[], dict[str, Any]]
+) -> Probe:
+    """Down while stored events cannot be opened with the key ring."""
+
+    async def probe() -> object:
+        parked_now = await parked()
+        seen = unreadable()
+        failed = sum(seen["found"].get("clickhouse", {}).values())
+        if parked_now or failed:
+            raise UnreadablePayloads(
+                f"{parked_now} event(s) parked in Redis, {failed} failed in ClickHouse since "
+                f"start; last: {'; '.join(seen['last_reason'].values()) or '?'} "
+                "(restore the key and run `delayline rotate-keys`)"
+            )
+        return True
+
+    return probe
 
 
 class MetricsSink:
@@ -26,6 +106,25 @@ class MetricsSink:
     def record(self, result: ExecutionResult) -> None:
         """Count one outcome."""
         self._metrics.fired(result.outcome.value, result.delay_seconds)
+
+
+class FanOutSink:
+    """Hands every execution result to several sinks; one failing sink spoils none."""
+
+    def __init__(self, *sinks: OutcomeSink) -> None:
+        self._sinks = list(sinks)
+
+    def add(self, sink: OutcomeSink) -> None:
+        """Add one more sink."""
+        self._sinks.append(sink)
+
+    def record(self, result: ExecutionResult) -> None:
+        """Give ``result`` to each sink."""
+        for sink in self._sinks:
+            try:
+                sink.record(result)
+            except Exception:
+                log.exception("an outcome sink failed")
 
 
 class DependencyHealth:

@@ -11,10 +11,10 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from delayline.adapters.encryption import KeyRing, KeyRingError, parse_key_ring
@@ -25,6 +25,7 @@ from delayline.kafka_security import (
     client_options,
     security_problems,
 )
+from delayline.roles import ALL_ROLES, Role, parse_roles
 
 ENV_PREFIX = "SCHEDULES_"
 
@@ -169,6 +170,16 @@ class Settings(BaseSettings):
     """``{"<entity_type>": "<key id>"}``: events of that entity type are sealed with that key."""
 
     node_id: str = Field(default_factory=_default_node_id)
+    roles: Annotated[frozenset[Role], NoDecode] = ALL_ROLES
+    """What this process runs: a comma list of ``schedule``, ``fire``, ``sync``, ``api``,
+    ``ingest``, or ``all`` (see ``delayline.roles``)."""
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _parse_roles(cls, value: object) -> object:
+        if isinstance(value, str | set | frozenset | list | tuple):
+            return parse_roles(value)
+        return value
 
     @field_validator("kafka_topic_replication_factor")
     @classmethod

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.settings import load_settings
 
 
 async def _main() -> None:
-    app = Application(load_settings(), components=Components(sync=False, consumer=False, api=False))
+    app = Application(load_settings(), roles={"schedule", "fire"})
     await app.serve_forever()
 
 

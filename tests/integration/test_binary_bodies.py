@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.domain.events import EventStatus
 from delayline.settings import load_settings
 from tests.support import Fired, TopicReader
@@ -62,7 +62,7 @@ async def app(
         analytics_flush_interval=0.2,
     )
     # The sync runs on demand (POST /monitoring/sync), so the test sees the ClickHouse tier.
-    application = Application(settings, components=Components(sync=False))
+    application = Application(settings, roles={"schedule", "fire", "api", "ingest"})
     await application.start()
     yield application
     await application.stop()
@@ -169,11 +169,11 @@ async def test_binary_bodies_fire_byte_for_byte_through_both_tiers(
                     [("scheduler-epoch", far_epoch), ("scheduler-target-topic", t)],
                 ),
             )
-            assert app.far is not None
+            assert app.wired.far is not None
             for sid, name in (("n-far", "native-far"), ("e-far", "etf1-far")):
                 stored = None
                 for _ in range(200):
-                    stored = await app.far.get(sid)
+                    stored = await app.wired.far.get(sid)
                     if stored is not None:
                         break
                     await asyncio.sleep(0.05)
@@ -189,7 +189,7 @@ async def test_binary_bodies_fire_byte_for_byte_through_both_tiers(
                 moved += result.json()["moved"]
                 await asyncio.sleep(0.2)
             for sid in ("n-far", "e-far"):
-                queued = await app.far.get(sid)
+                queued = await app.wired.far.get(sid)
                 assert queued is not None and queued.status is EventStatus.QUEUED
             fired = _by_id(await asyncio.to_thread(reader.read, 6, 60))
             assert fired["n-far"].value == _value("native-far")
@@ -225,10 +225,10 @@ async def test_binary_bodies_fire_byte_for_byte_through_both_tiers(
             assert (shown["body"], shown["body_encoding"]) == ("plain", "utf-8")
 
             # 4. Every firing was recorded by the analytics.
-            assert app.analytics is not None
+            assert app.wired.analytics is not None
             summary: dict[str, object] = {}
             for _ in range(100):
-                summary = await app.analytics.get_summary(
+                summary = await app.wired.analytics.get_summary(
                     datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
                 )
                 if summary.get("total_executions") == 6:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.domain.events import utc_now
 from delayline.settings import load_settings
 from tests.support import TopicReader
@@ -41,7 +41,7 @@ async def app(
         api_port=free_port(),
         redis_processing_interval=1,
     )
-    application = Application(settings, components=Components(consumer=False, sync=False))
+    application = Application(settings, roles={"schedule", "fire", "api"})
     await application.start()
     yield application
     await application.stop()
@@ -49,7 +49,7 @@ async def app(
 
 def _outage(application: Application) -> Callable[[], None]:
     """Make every ClickHouse call fail as if the server were gone; returns the repair."""
-    client: Any = application.clickhouse
+    client: Any = application.wired.clickhouse
     original = client._run
 
     async def down(fn: object) -> object:

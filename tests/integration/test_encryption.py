@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.encryption import SEALED_HEADERS, sealed_key_id
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.domain.codec import sealed_part
 from delayline.settings import load_settings
 from tests.support import Fired, TopicReader
@@ -79,7 +79,7 @@ async def start_app(
             encryption_keys=keys,
             encryption_tenant_keys=tenants or {},
         )
-        app = Application(settings, components=Components(sync=False))
+        app = Application(settings, roles={"schedule", "fire", "api", "ingest"})
         await app.start()
         apps.append(app)
         return app
@@ -330,7 +330,7 @@ async def test_a_removed_key_parks_the_event_with_its_reason_until_restored(
             )
             # Nothing loops: parked once, never claimed again, nothing else fired.
             await asyncio.sleep(1.5)
-            assert (await second.near.parked() if second.near else 0) == 1
+            assert await second.wired.near.parked() == 1
             assert second.cipher is not None
             assert second.cipher.unreadable.snapshot()["found"]["redis"] == {"t-acme": 1}
             assert len(await asyncio.to_thread(reader.read_for, 0.5)) == 1
@@ -391,7 +391,8 @@ async def test_rotate_keys_is_404_with_encryption_off(
         data_dir=tmp_path,
         api_port=free_port(),
     )
-    async with Application(settings, components=Components(sync=False)) as app, http(app) as c:
+    roles = {"schedule", "fire", "api", "ingest"}
+    async with Application(settings, roles=roles) as app, http(app) as c:
         response = await c.post(f"{API}/monitoring/rotate-keys")
         assert response.status_code == 404
         assert "SCHEDULES_ENCRYPTION_KEYS" in response.json()["error"]

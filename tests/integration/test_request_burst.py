@@ -13,7 +13,7 @@ import pytest
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.redis_store import RedisNearTermStore
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.domain.events import ScheduledEvent
 from delayline.firing_runtime import redis_client
 from delayline.resilience import BreakerState
@@ -46,7 +46,7 @@ async def app(
         redis_processing_interval=1,
         redis_pool_timeout=60,  # a loaded 2-core test machine must not turn waits into 503s
     )
-    application = Application(settings, components=Components(consumer=False, sync=False))
+    application = Application(settings, roles={"schedule", "fire", "api"})
     await application.start()
     yield application
     await application.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from delayline.bootstrap import GAUGE_INTERVAL_SECONDS, far_count_interval
+from delayline.gauges import GAUGE_INTERVAL_SECONDS, far_count_interval
 
 
 def test_a_cheap_count_runs_every_gauge_refresh() -> None:

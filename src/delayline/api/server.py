@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import h11
@@ -24,7 +25,9 @@ from delayline.api.app import create_app
 from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, KeyRotator
 from delayline.metrics import Metrics
 from delayline.ports import SchedulerApi
-from delayline.settings import Settings
+from delayline.settings import Settings, is_loopback
+
+log = logging.getLogger(__name__)
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -88,6 +91,13 @@ def build_api_server(
 ) -> ApiServer:
     """The API on ``settings.api_host``/``api_port`` with its limits (see the module docstring)."""
     s = settings
+    if not s.api_keys and not is_loopback(s.api_host):
+        log.warning(
+            "SECURITY: the HTTP API on %s serves everyone on the network WITHOUT "
+            "AUTHENTICATION (SCHEDULES_API_ALLOW_UNAUTHENTICATED=true); set "
+            "SCHEDULES_API_KEYS to require a key",
+            s.api_host,
+        )
     app = create_app(
         service,
         analytics=analytics,
@@ -114,3 +124,31 @@ def build_api_server(
         access_log=False,
     )
     return ApiServer(config)
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ApiServer, *, shutdown_timeout: float) -> AsyncIterator[None]:
+    """Serve while inside: entered once the server listens (or raise if it cannot), left once
+    it has closed its connections (those still open after ``shutdown_timeout`` are cut)."""
+    config = server.config
+    task = asyncio.create_task(server.serve(), name="api")
+    for _ in range(1000):  # uvicorn sets a flag when it listens, with no event to wait on
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 1.0)
+        raise RuntimeError(f"the HTTP API could not listen on {config.host}:{config.port}")
+    log.info("HTTP API on http://%s:%d (docs at /docs)", config.host, config.port)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, shutdown_timeout)
+        except TimeoutError:
+            log.warning("the HTTP API did not close within %.0f s", shutdown_timeout)
+        except Exception:
+            log.exception("the HTTP API failed")

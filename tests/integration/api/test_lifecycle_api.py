@@ -154,7 +154,7 @@ async def test_the_whole_record_before_and_after_firing(
 
             # The record outlives Redis's memory of the outcome: once the history is written,
             # drop every key of this store; the record is read from ClickHouse alone.
-            lifecycle = server.app.lifecycle
+            lifecycle = server.app.wired.lifecycle
             assert lifecycle is not None
             await _written(server, schedule_id)
             await store.delete_all()
@@ -166,7 +166,7 @@ async def test_the_whole_record_before_and_after_firing(
 
 async def _written(server: AppServer, schedule_id: str) -> None:
     """Wait until the event's completion is in the ClickHouse table (not only buffered)."""
-    lifecycle = server.app.lifecycle
+    lifecycle = server.app.wired.lifecycle
     assert lifecycle is not None
     for _ in range(300):
         await server.acall(lifecycle.recorder.flush())

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.settings import load_settings
 from tests.integration.kafka.conftest import until
 
@@ -35,7 +35,8 @@ class Served:
     def produce(
         self, *messages: tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
     ) -> None:
-        producer = Producer({"bootstrap.servers": self.app.bootstrap_servers, "linger.ms": 0})
+        servers = self.app.running.endpoints.bootstrap_servers
+        producer = Producer({"bootstrap.servers": servers, "linger.ms": 0})
         for key, value, headers in messages:
             producer.produce(self.topic, value=value, key=key, headers=list(headers), partition=0)
         assert producer.flush(20) == 0
@@ -77,7 +78,7 @@ async def served(
         data_dir=tmp_path / "data",
         api_port=free_port(),
     )
-    app = Application(settings, components=Components(dispatcher=False, sync=False))
+    app = Application(settings, roles={"schedule", "api", "ingest"})
     await app.start()
     base = f"http://127.0.0.1:{settings.api_port}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as http:

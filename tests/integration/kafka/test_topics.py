@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
 from delayline.adapters.kafka_topics import KafkaTopics
-from delayline.bootstrap import Application, Components
+from delayline.bootstrap import Application
 from delayline.settings import SettingsError, load_settings
 from tests.support import create_topics
 
@@ -119,7 +119,7 @@ async def test_the_service_creates_its_topics_and_keeps_them(
         clickhouse_database=f"topics_{unique}",
         data_dir=tmp_path,
     )
-    app = Application(settings, components=Components(dispatcher=False, sync=False, api=False))
+    app = Application(settings, roles={"schedule", "ingest"})
     await app.start()
     try:
         assert partitions_of(own_broker.bootstrap_servers, *names) == {n: 3 for n in names}

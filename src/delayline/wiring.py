@@ -1,0 +1,118 @@
+"""Wiring: adapters connected to the services, in one function; part of the composition root
+(:mod:`delayline.bootstrap` enters and starts what this builds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
+from delayline.adapters.clickhouse.client import ClickHouseClient
+from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
+from delayline.adapters.clickhouse.locks import RedisLease
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
+from delayline.adapters.encryption import PayloadCipher
+from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.metrics import Metrics
+from delayline.ports import Clock
+from delayline.resilience import CircuitBreaker, Guarded
+from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
+from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
+from delayline.services.rotation import KeyRotation, RekeyableTier
+from delayline.services.scheduler import SchedulerService
+from delayline.services.sync import SyncService
+from delayline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Wired:
+    """The adapters and services of one process, built once its stores are connected."""
+
+    redis: Redis
+    clickhouse: ClickHouseClient
+    near: RedisNearTermStore
+    far: ClickHouseLongTermStore
+    lifecycle: LifecycleService
+    sync: SyncService[DuePage]
+    service: SchedulerService
+    analytics: ScheduleAnalyticsService
+    analytics_recorder: AnalyticsRecorder
+    rotation: KeyRotation | None
+
+
+def wire(
+    settings: Settings,
+    redis: Redis,
+    clickhouse: ClickHouseClient,
+    *,
+    clock: Clock,
+    breakers: dict[str, CircuitBreaker],
+    cipher: PayloadCipher | None,
+    metrics: Metrics,
+) -> Wired:
+    """Connect the adapters to the services (nothing is started here)."""
+    s = settings
+    near_store = RedisNearTermStore(
+        redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds, cipher=cipher
+    )
+    # Guarded adapters keep their type's interface; outages become DependencyUnavailable.
+    near = cast(RedisNearTermStore, Guarded(near_store, breakers["redis"]))
+    far_store = ClickHouseLongTermStore(clickhouse, cipher, clock)
+    far = cast(ClickHouseLongTermStore, Guarded(far_store, breakers["clickhouse"]))
+    lifecycle_store = ClickHouseLifecycleStore(clickhouse, cipher)
+    lifecycle = LifecycleService(
+        # reads answer 503 while ClickHouse is down; writes wait in the recorder's buffer
+        cast(ClickHouseLifecycleStore, Guarded(lifecycle_store, breakers["clickhouse"])),
+        LifecycleRecorder(
+            lifecycle_store,
+            batch_size=s.analytics_batch_size,
+            flush_interval=s.analytics_flush_interval,
+        ),
+    )
+    sync = SyncService(
+        near,
+        far,
+        RedisLease(redis, f"{{{s.redis_key_prefix}}}:sync-lock", ttl=60),
+        clock,
+        transfer_horizon_seconds=s.transfer_horizon_seconds,
+        retention_days=s.execution_history_ttl_days,
+        on_run=metrics.sync_run,
+        on_moved=lambda events: lifecycle.moved(events, clock.now(), s.node_id),
+    )
+    service = SchedulerService(
+        near,
+        clock,
+        immediate_horizon_seconds=s.immediate_horizon_seconds,
+        max_body_bytes=s.max_body_bytes,
+        rules=s.event_rules(),
+        default_max_delay_seconds=s.default_max_delay_seconds,
+        far=far,
+        sync=sync,
+        on_scheduled=lambda tier, source, n: metrics.scheduled(tier.value, source, n),
+        lifecycle=lifecycle,
+    )
+    analytics_store = ClickHouseAnalyticsStore(clickhouse)
+    recorder = AnalyticsRecorder(
+        analytics_store,
+        batch_size=s.analytics_batch_size,
+        flush_interval=s.analytics_flush_interval,
+        enabled=s.analytics_enabled,
+    )
+    tiers: dict[str, RekeyableTier] = {"redis": near, "clickhouse": far}
+    return Wired(
+        redis=redis,
+        clickhouse=clickhouse,
+        near=near,
+        far=far,
+        lifecycle=lifecycle,
+        sync=sync,
+        service=service,
+        analytics=ScheduleAnalyticsService(
+            analytics_store, recorder=recorder, enabled=s.analytics_enabled
+        ),
+        analytics_recorder=recorder,
+        rotation=None if cipher is None else KeyRotation(tiers, cipher.ring.current),
+    )
