@@ -28,13 +28,14 @@ from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
+from delayline.adapters.redis_connect import redis_servers
 from delayline.adapters.runtime_dir import DataDirInUseError as DataDirInUseError
 from delayline.adapters.runtime_dir import Endpoints, infrastructure
 from delayline.adapters.runtime_dir import read_runtime_file as read_runtime_file
 from delayline.api.server import ApiServer, build_api_server, serving
 from delayline.clock import SystemClock
 from delayline.firing_process import FiringProcess
-from delayline.firing_runtime import FiringThread, LoopSink, redis_client
+from delayline.firing_runtime import FiringThread, LoopSink
 from delayline.gauges import GaugeReaders, refresh_gauges
 from delayline.health import (
     DependencyHealth,
@@ -210,7 +211,7 @@ class Application:
         timeout = s.shutdown_timeout
         endpoints = await stack.enter_async_context(infrastructure(s, kafka=self.uses_kafka))
         # The API, ingress and sync share this pool; the firing path has its own.
-        redis = redis_client(
+        redis = redis_servers(
             endpoints.redis_url,
             max_connections=s.redis_max_connections,
             pool_timeout=s.redis_pool_timeout,
@@ -235,6 +236,7 @@ class Application:
             cipher=self.cipher,
             metrics=self.metrics,
         )
+        await wired.near.check_shard_count()  # refuses a count other than the recorded one
         await wired.lifecycle.start()
         stack.push_async_callback(wired.lifecycle.close)  # flushes the last transitions
         await wired.analytics.initialize()

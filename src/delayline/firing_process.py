@@ -27,10 +27,15 @@ from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
-from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult, LifecycleEntry
-from delayline.firing_runtime import START_TIMEOUT_SECONDS, dispatcher_config, firing_clients
+from delayline.firing_runtime import (
+    START_TIMEOUT_SECONDS,
+    dispatcher_config,
+    firing_clients,
+    near_term_store,
+)
 from delayline.ports import LifecycleSink, OutcomeSink
 from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
 from delayline.services.dispatcher import Dispatcher
@@ -318,14 +323,10 @@ async def _run_child(
         await publisher.start()
         # The key ring comes from the settings here too: sealed payloads open in this process.
         ring = s.key_ring()
-        near = RedisNearTermStore(
-            client,
-            prefix=s.redis_key_prefix,
-            result_ttl_seconds=s.result_ttl_seconds,
-            cipher=None if ring is None else PayloadCipher(ring, UnreadableEvents()),
-        )
+        cipher = None if ring is None else PayloadCipher(ring, UnreadableEvents())
+        near = near_term_store(s, client, cipher)
         dispatcher = Dispatcher(
-            cast(RedisNearTermStore, Guarded(near, breakers["redis_firing"])),
+            cast(ShardedNearTermStore, Guarded(near, breakers["redis_firing"])),
             GuardedPublisher(publisher, breakers["kafka_producer"]),
             out,
             SystemClock(),

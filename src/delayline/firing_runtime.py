@@ -11,17 +11,13 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Collection
 from typing import cast
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
-from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.adapters.redis_connect import RedisServers, redis_client, redis_servers
+from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Clock, LifecycleSink, OutcomeSink
 from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
@@ -32,41 +28,28 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 30.0
 
+__all__ = ["redis_client"]  # re-exported: callers build a one-server client from here
 
-def redis_client(
-    url: str,
-    *,
-    max_connections: int,
-    pool_timeout: float,
-    command_timeout: float | None = None,
-) -> Redis:
-    """A Redis client whose pool waits up to ``pool_timeout`` for a free connection when all
-    ``max_connections`` are in use (back-pressure), instead of failing at once.
 
-    ``command_timeout`` bounds the wait for each answer (None: no bound, as the wake-up
-    subscription needs); a command that timed out may still have run (outcome unknown).
-
-    A connection that died with a restarted server fails once per pooled connection: commands
-    are retried on a fresh one rather than lose, say, a whole batch's acknowledgement.
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_timeout=command_timeout,
-        health_check_interval=10,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), 3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+def near_term_store(
+    s: Settings, servers: RedisServers, cipher: PayloadCipher | None
+) -> ShardedNearTermStore:
+    """The near-term tier over ``SCHEDULES_REDIS_SHARDS`` shards on ``servers``."""
+    return ShardedNearTermStore(
+        servers,
+        prefix=s.redis_key_prefix,
+        result_ttl_seconds=s.result_ttl_seconds,
+        cipher=cipher,
+        shards=s.redis_shards,
     )
-    return Redis.from_pool(pool)  # closing the client closes its pool
 
 
 def firing_clients(
     s: Settings, redis_url: str, bootstrap_servers: str
-) -> tuple[Redis, KafkaEventPublisher]:
-    """The firing path's own Redis client and Kafka producer (not started), whichever runtime
-    runs it."""
-    client = redis_client(
+) -> tuple[RedisServers, KafkaEventPublisher]:
+    """The firing path's own Redis clients (any URL form ``redis_servers`` takes) and Kafka
+    producer (not started), whichever runtime runs it."""
+    client = redis_servers(
         redis_url,
         max_connections=firing_pool_size(s.max_inflight_batches),
         pool_timeout=s.redis_pool_timeout,
@@ -129,8 +112,10 @@ class FiringThread:
         producer_breaker: CircuitBreaker,
         lifecycle: LifecycleSink | None = None,
         cipher: PayloadCipher | None = None,
+        owned_shards: Callable[[], Collection[int]] | None = None,
     ) -> None:
         self._settings = settings
+        self._owned_shards = owned_shards
         self._cipher = cipher
         self._lifecycle = lifecycle
         self._redis_url = redis_url
@@ -203,19 +188,15 @@ class FiringThread:
             await client.ping()
             await publisher.start()
             self.publisher = publisher
-            near = RedisNearTermStore(
-                client,
-                prefix=s.redis_key_prefix,
-                result_ttl_seconds=s.result_ttl_seconds,
-                cipher=self._cipher,
-            )
+            near = near_term_store(s, client, self._cipher)
             self.dispatcher = Dispatcher(
-                cast(RedisNearTermStore, Guarded(near, self._redis_breaker)),
+                cast(ShardedNearTermStore, Guarded(near, self._redis_breaker)),
                 GuardedPublisher(publisher, self._producer_breaker),
                 self._sink,
                 self._clock,
                 dispatcher_config(s),
                 lifecycle=self._lifecycle,
+                owned_shards=self._owned_shards,
             )
             self._ready.set()
             await self.dispatcher.run()

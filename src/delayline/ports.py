@@ -5,7 +5,7 @@ Adapters implement them without importing each other; ``bootstrap`` wires them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -73,8 +73,15 @@ class NearTermStore(Protocol):
         """The ids pending, leased or remembered here."""
         ...
 
-    async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
-        """Lease up to ``limit`` events due at ``now_us``, highest priority first per instant."""
+    async def claim(
+        self,
+        now_us: int,
+        limit: int,
+        lease_seconds: float,
+        shards: Collection[int] | None = None,
+    ) -> Claim:
+        """Lease up to ``limit`` events due at ``now_us`` from ``shards`` (None: all), highest
+        priority first per instant."""
         ...
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
@@ -98,8 +105,11 @@ class NearTermStore(Protocol):
         """Move a pending event to ``due_us``; False if it is not pending here."""
         ...
 
-    async def reap(self, now_us: int) -> int:
-        """Return events whose lease expired to the due set; returns how many."""
+    async def reap(
+        self, now_us: int, limit: int = 1000, shards: Collection[int] | None = None
+    ) -> int:
+        """Return events of ``shards`` (None: all) whose lease expired to the due set;
+        returns how many."""
         ...
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:

@@ -68,9 +68,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".delayline")
     """Embedded servers keep their data here (Valkey AOF, chDB folder)."""
     redis_url: SecretStr | None = None
-    """Unset: an embedded Valkey server is started in ``data_dir``."""
+    """Unset: an embedded Valkey server is started in ``data_dir``. ``redis://`` one server,
+    ``redis+cluster://`` a Redis Cluster, or a comma list of servers (shard k on server k mod M)."""
     redis_key_prefix: str = Field("delayline", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    """Every key lives under the hash tag ``{<prefix>}``: the unit of Cluster sharding."""
+    """Shard k's keys live under the hash tag ``{<prefix>:k}`` (``{<prefix>}`` with one shard)."""
+    redis_shards: int = Field(1, ge=1, le=4096)
+    """Virtual shards of the near-term tier; recorded at first start, changed only by
+    ``delayline reshard --to N``."""
     redis_appendfsync: Literal["always", "everysec", "no"] = "everysec"
     """AOF fsync policy of the embedded Valkey (``always``: no acknowledged event is lost)."""
     redis_max_connections: int = Field(100, gt=0, le=10_000)

@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
-
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
 from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.encryption import PayloadCipher
-from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.adapters.redis_connect import RedisClient, RedisServers
+from delayline.adapters.redis_layout import control_tag
+from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.metrics import Metrics
 from delayline.ports import Clock
 from delayline.resilience import CircuitBreaker, Guarded
@@ -31,9 +31,9 @@ from delayline.settings import Settings
 class Wired:
     """The adapters and services of one process, built once its stores are connected."""
 
-    redis: Redis
+    redis: RedisClient  # the server of the control keys
     clickhouse: ClickHouseClient
-    near: RedisNearTermStore
+    near: ShardedNearTermStore
     far: ClickHouseLongTermStore
     lifecycle: LifecycleService
     sync: SyncService[DuePage]
@@ -45,7 +45,7 @@ class Wired:
 
 def wire(
     settings: Settings,
-    redis: Redis,
+    servers: RedisServers,
     clickhouse: ClickHouseClient,
     *,
     clock: Clock,
@@ -55,11 +55,16 @@ def wire(
 ) -> Wired:
     """Connect the adapters to the services (nothing is started here)."""
     s = settings
-    near_store = RedisNearTermStore(
-        redis, prefix=s.redis_key_prefix, result_ttl_seconds=s.result_ttl_seconds, cipher=cipher
+    redis = servers.control
+    near_store = ShardedNearTermStore(
+        servers,
+        prefix=s.redis_key_prefix,
+        result_ttl_seconds=s.result_ttl_seconds,
+        cipher=cipher,
+        shards=s.redis_shards,
     )
     # Guarded adapters keep their type's interface; outages become DependencyUnavailable.
-    near = cast(RedisNearTermStore, Guarded(near_store, breakers["redis"]))
+    near = cast(ShardedNearTermStore, Guarded(near_store, breakers["redis"]))
     far_store = ClickHouseLongTermStore(clickhouse, cipher, clock)
     far = cast(ClickHouseLongTermStore, Guarded(far_store, breakers["clickhouse"]))
     lifecycle_store = ClickHouseLifecycleStore(clickhouse, cipher)
@@ -75,7 +80,7 @@ def wire(
     sync = SyncService(
         near,
         far,
-        RedisLease(redis, f"{{{s.redis_key_prefix}}}:sync-lock", ttl=60),
+        RedisLease(redis, f"{control_tag(s.redis_key_prefix)}:sync-lock", ttl=60),
         clock,
         transfer_horizon_seconds=s.transfer_horizon_seconds,
         retention_days=s.execution_history_ttl_days,

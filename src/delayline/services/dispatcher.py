@@ -21,7 +21,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -77,8 +77,10 @@ class Dispatcher:
         config: DispatcherConfig,
         *,
         lifecycle: LifecycleSink | None = None,
+        owned_shards: Callable[[], Collection[int]] | None = None,
     ) -> None:
         self._store = store
+        self._owned_shards = owned_shards  # None: every shard
         self._publisher = publisher
         self._sink = sink
         self._lifecycle = lifecycle
@@ -103,6 +105,9 @@ class Dispatcher:
 
     def _now_us(self) -> int:
         return to_epoch_us(self._clock.now())
+
+    def _shards(self) -> Collection[int] | None:
+        return None if self._owned_shards is None else self._owned_shards()
 
     def wake(self) -> None:
         """Re-evaluate the next due time now (called by the wake-up listener)."""
@@ -147,6 +152,7 @@ class Dispatcher:
                 now_us + self._lookahead_us,
                 self._config.claim_batch_size,
                 self._config.lease_seconds,
+                self._shards(),
             )
         except BaseException:
             self._slots.release()
@@ -190,7 +196,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(period)
             try:
-                if await self._store.reap(self._now_us()):
+                if await self._store.reap(self._now_us(), shards=self._shards()):
                     self._wake.set()
             except Exception as exc:
                 log.warning("reaping expired leases failed: %s", exc)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from redis.asyncio import Redis
+from delayline.adapters.redis_connect import RedisClient
 
 _TAGGED = re.compile(r"\{[^{}]+\}")
 
@@ -62,7 +62,9 @@ class RedisLease:
     One instance is one contender; use one per node.
     """
 
-    def __init__(self, redis_client: Redis, key: str, ttl: float, *, owner: str | None = None):
+    def __init__(
+        self, redis_client: RedisClient, key: str, ttl: float, *, owner: str | None = None
+    ):
         if not _TAGGED.search(key):
             raise ValueError(f"lock key {key!r} must contain a hash tag such as '{{prefix}}'")
         if owner is not None and "|" in owner:
