@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -16,7 +17,11 @@ import orjson
 import typer
 from rich.console import Console
 
-from delayline.bootstrap import read_runtime_file
+from delayline.adapters.embedded import EmbeddedValkey
+from delayline.adapters.redis_connect import redis_servers
+from delayline.adapters.redis_reshard import ReshardRefused, move_to_shards, recorded_shards
+from delayline.adapters.runtime_dir import data_dir_lock
+from delayline.bootstrap import DataDirInUseError, read_runtime_file
 from delayline.domain.events import body_view, new_schedule_id
 from delayline.domain.limits import due_after
 from delayline.settings import Settings, SettingsError, load_settings
@@ -289,6 +294,46 @@ def stats(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
     with _api(_settings(), api_url, api_key) as client:
         result = _call(client, "GET", "/api/v1/schedules/monitoring/stats")
     console.print_json(orjson.dumps(result).decode())
+
+
+@app.command()
+def reshard(
+    to: Annotated[int, typer.Option("--to", min=1, max=4096, help="The new shard count.")],
+) -> None:
+    """Move every pending event, remembered outcome and parked payload to its shard under
+    TO shards (set SCHEDULES_REDIS_SHARDS to TO afterwards). Offline: refused while a node
+    runs. Safe to run again if interrupted."""
+    settings = _settings()
+    try:
+        moved = asyncio.run(_reshard(settings, to))
+    except (ReshardRefused, DataDirInUseError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"resharded to {to} shard(s); {moved} pending event(s) moved")
+
+
+async def _reshard(settings: Settings, to: int) -> int:
+    with contextlib.ExitStack() as stack:
+        if settings.redis_url is None:  # the embedded server, started here on its data
+            stack.enter_context(data_dir_lock(settings.data_dir))
+            valkey = EmbeddedValkey(settings.data_dir / "valkey", appendfsync="always")
+            url = await asyncio.to_thread(valkey.start)
+            stack.callback(valkey.stop)
+        else:
+            url = settings.redis_url.get_secret_value()
+        servers = redis_servers(url, max_connections=4, pool_timeout=30)
+        try:
+            before = await recorded_shards(servers, settings.redis_key_prefix)
+            console.print(f"{before} shard(s) recorded; moving to {to}")
+            return await move_to_shards(
+                servers,
+                settings.redis_key_prefix,
+                to,
+                result_ttl_seconds=settings.result_ttl_seconds,
+                progress=lambda moved, shard: console.print(f"  shard {shard}: {moved} moved"),
+            )
+        finally:
+            await servers.aclose()
 
 
 @app.command("rotate-keys")

@@ -155,6 +155,15 @@ class RedisNearTermStore(ShardUpkeep):
             codes += [int(code) for code in await self._run("upsert", keys, args)]
         return codes
 
+    async def schedule_stored(
+        self, priority: str, schedule_id: str, due_us: int, value: bytes
+    ) -> bool:
+        """Insert-if-absent of an event in its stored form (``value`` with its member prefix,
+        as another shard holds it; ``priority`` the prefix's priority part), as schedule."""
+        keys, _ = self._schedule_call([])
+        args = [self.channel, priority + schedule_id, due_us, codec_bytes(value)]
+        return bool((await self._run("schedule", keys, args))[0])
+
     async def known(self, ids: Sequence[str]) -> set[str]:
         """The ids pending, leased or remembered here (one pipelined round trip)."""
         unique = list(dict.fromkeys(ids))
