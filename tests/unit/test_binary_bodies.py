@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from delayline.adapters.kafka_consumer import KafkaMessage
-from delayline.adapters.redis_store import stored_body
+from delayline.adapters.redis_layout import stored_body
 from delayline.api.schemas import EventIn
 from delayline.cli import readable_body
 from delayline.clock import ManualClock

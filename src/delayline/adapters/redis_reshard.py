@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from delayline.adapters.redis_connect import RedisClient, RedisServers
 from delayline.adapters.redis_layout import PREFIX_LEN, wake_channel
 from delayline.adapters.redis_sharded import ShardedNearTermStore
@@ -65,9 +67,7 @@ async def move_to_shards(
 
 async def _refuse_while_running(servers: RedisServers, old: ShardedNearTermStore) -> None:
     channel = wake_channel(old.prefix)
-    listeners = 0
-    for client in servers.clients:
-        listeners += sum(count for _, count in await client.pubsub_numsub(channel))
+    listeners = sum([await wake_listeners(client, channel) for client in servers.clients])
     if listeners:
         raise ReshardRefused(
             f"{listeners} process(es) listen for wake-ups on {channel}: a node is running; "
@@ -82,6 +82,15 @@ async def _refuse_while_running(servers: RedisServers, old: ShardedNearTermStore
                 "events are leased (being fired) and their leases have not ended: stop every "
                 "node and wait for SCHEDULES_LEASE_SECONDS"
             )
+
+
+async def wake_listeners(client: RedisClient, channel: str) -> int:
+    """Subscribers of ``channel`` on the server (on a Cluster: on every node)."""
+    if isinstance(client, RedisCluster):
+        replies = await client.pubsub_numsub(channel, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        replies = await client.pubsub_numsub(channel)
+    return sum(int(count) for _, count in replies)
 
 
 async def _move_pending(

@@ -66,7 +66,7 @@ async def run_pipelined(client: RedisClient, calls: Sequence[ScriptCall]) -> lis
             return list(await pipe.execute())
     async with client.pipeline() as cluster_pipe:
         for script, keys, args in calls:
-            cluster_pipe.evalsha(script.sha, len(keys), *keys, *args)
+            cluster_pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies = await cluster_pipe.execute(raise_on_error=False)
     out: list[Any] = []
     for (script, keys, args), reply in zip(calls, replies, strict=True):
