@@ -37,6 +37,7 @@ from bench import (
     plots,
     precision,
     scheduling,
+    sharding,
 )
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
@@ -56,6 +57,7 @@ FULL: dict[str, Any] = {
     "lifecycle": {"n_total": 10_000_000, "n_key": 100, "repeat": 5},
     "flood": {"rate": 200, "duration": 20.0, "clients": 8},
     "encryption": {"n": 50_000},
+    "sharding": {"n": 100_000, "shard_counts": (1, 4, 16)},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -69,6 +71,7 @@ QUICK: dict[str, Any] = {
     "lifecycle": {"n_total": 20_000, "n_key": 10, "repeat": 3},
     "flood": {"rate": 100, "duration": 3.0, "clients": 2},
     "encryption": {"n": 2_000},
+    "sharding": {"n": 2_000, "shard_counts": (1, 4)},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -123,6 +126,7 @@ def _scenario_runners(
         "lifecycle": lambda: lifecycle.run(url, chdb_dsn, **sizes["lifecycle"]),
         "flood": lambda: flood.run(url, boot, chdb_dsn, **sizes["flood"]),
         "encryption": lambda: encryption.run(url, boot, sizes["encryption"]["n"]),
+        "sharding": lambda: sharding.run(url, boot, **sizes["sharding"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }

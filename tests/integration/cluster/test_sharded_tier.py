@@ -23,8 +23,8 @@ from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Upserted
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.scheduler import SchedulerService
-from tests.integration.cluster.conftest import ValkeyCluster
 from tests.support import TopicReader, eventually_status
+from tests.valkey_cluster import ValkeyCluster
 
 
 @dataclass
