@@ -159,6 +159,7 @@ async def _result_keys(client: RedisClient, keys: ShardKeys) -> list[str]:
     if isinstance(client, Redis):
         found = client.scan_iter(match=keys.results_pattern, count=1000)
     else:
+        await client.initialize()  # the slot map (a no-op once known)
         node = client.get_node_from_key(keys.due)
         found = client.scan_iter(match=keys.results_pattern, count=1000, target_nodes=node)
     return [as_bytes(k).decode() async for k in found]

@@ -1,0 +1,99 @@
+"""One master of the 3-master cluster SIGKILLed and restarted under a running service: its
+shards answer "unavailable" (the API's 503) while it is down, the other shards keep firing,
+and every event whose scheduling was acknowledged fires once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import cast
+
+from redis.asyncio.cluster import RedisCluster
+
+from delayline.adapters.embedded import EmbeddedTansu
+from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_connect import redis_servers
+from delayline.adapters.redis_sharded import ShardedNearTermStore
+from delayline.clock import SystemClock
+from delayline.domain.events import utc_now
+from delayline.errors import DependencyUnavailable
+from delayline.resilience import CircuitBreaker, Guarded
+from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from delayline.services.scheduler import SchedulerService
+from tests.integration.cluster.test_sharded_tier import Results
+from tests.support import TopicReader
+from tests.valkey_cluster import ValkeyCluster
+
+
+async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
+    valkey_cluster: ValkeyCluster, broker: EmbeddedTansu, unique: str
+) -> None:
+    victim = valkey_cluster.masters[0]
+    replica = valkey_cluster.replicas[0]
+    replica.command("CONFIG", "SET", "cluster-replica-no-failover", "yes")  # down until back
+    servers = redis_servers(
+        valkey_cluster.url, max_connections=20, pool_timeout=5, command_timeout=2
+    )
+    store = ShardedNearTermStore(servers, prefix=f"k-{unique}", shards=6)
+    [client] = servers.clients
+    assert isinstance(client, RedisCluster)
+    await client.initialize()  # the slot map
+    on_victim = {
+        s.shard
+        for s in store.shards
+        if (node := client.get_node_from_key(s.due_key)) is not None and node.port == victim.port
+    }
+    assert on_victim and len(on_victim) < 6
+    near = cast(
+        ShardedNearTermStore,
+        Guarded(store, CircuitBreaker("redis", reset_timeout=0.2, max_reset_timeout=1.0)),
+    )
+    topic = f"restart-{unique}"
+    reader = TopicReader(broker.bootstrap_servers, topic)
+    publisher = KafkaEventPublisher(
+        producer_config(broker.bootstrap_servers, linger_ms=0, lease_seconds=30, extra={})
+    )
+    await publisher.start()
+    clock = SystemClock()
+    service = SchedulerService(near, clock)
+    dispatcher = Dispatcher(
+        store, publisher, Results(), clock, DispatcherConfig(max_sleep_seconds=0.5, node_id="t")
+    )
+    task = asyncio.create_task(dispatcher.run())
+    acknowledged: list[str] = []
+    refused = 0
+
+    async def schedule(count: int) -> None:
+        nonlocal refused
+        for _ in range(count):
+            try:
+                acknowledged.append(
+                    await service.schedule_event(
+                        topic=topic, body="x", scheduled_at=utc_now() + timedelta(seconds=0.3)
+                    )
+                )
+            except DependencyUnavailable:
+                refused += 1
+
+    try:
+        await schedule(20)
+        victim.kill()
+        await schedule(30)  # a sixth-ish of these land on the dead master's shards
+        assert refused > 0
+        fired_while_down = await asyncio.to_thread(reader.read, len(acknowledged) - 20, 20)
+        assert len(fired_while_down) >= len(acknowledged) - 20  # the live shards kept firing
+        await asyncio.to_thread(victim.start)
+        await asyncio.to_thread(valkey_cluster.wait_ok)
+        await schedule(10)
+        fired = await asyncio.to_thread(reader.read, len(acknowledged), 60)
+        assert sorted({m.header("x-schedule-id") for m in fired}) == sorted(acknowledged)
+    finally:
+        dispatcher.stop()
+        await task
+        await publisher.stop()
+        reader.close()
+        replica.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
+        with contextlib.suppress(Exception):
+            await store.delete_all()
+        await servers.aclose()
