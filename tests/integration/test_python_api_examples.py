@@ -1,4 +1,4 @@
-"""The spec's Python API, used exactly as its examples show, on real servers."""
+"""The Python API, used as the README's examples show, on real servers."""
 
 from __future__ import annotations
 

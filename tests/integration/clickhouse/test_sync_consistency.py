@@ -387,7 +387,7 @@ async def test_an_event_moved_earlier_behind_the_pages_moves_on_the_next_run(
     assert late.scheduled_at == NOW + timedelta(days=2, microseconds=1)
 
 
-# --- found in review: a reschedule into Redis racing the sync (fixed in scheduler.py + sync) ---
+# --- a reschedule into Redis racing the sync ---
 
 
 async def test_a_reschedule_into_redis_racing_the_sync_keeps_the_event(

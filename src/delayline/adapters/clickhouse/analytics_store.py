@@ -1,6 +1,6 @@
 """ClickHouse adapter of analytics: writes execution results, reads the merged metrics.
 
-Writes are one Arrow insert per batch (the fastest insert path measured here). Reads merge the
+Writes are one Arrow insert per batch (the fastest insert path: BENCHMARKS.md). Reads merge the
 hourly aggregate states over the asked range (see ``analytics_schema``), so percentiles over a
 day or a week are computed from the executions themselves, never averaged.
 """
@@ -115,7 +115,7 @@ class ClickHouseAnalyticsStore:
         """Insert ``results`` as one batch (one Arrow insert); nothing for an empty batch."""
         if not results:
             return
-        # Building Arrow columns from Python objects costs ~5 µs a row (measured): done in
+        # Building Arrow columns from Python objects is per-row Python work: done in
         # chunks, yielding between them, so a big batch never holds the event loop (and the
         # dispatcher on it) for more than a few milliseconds.
         chunks = []

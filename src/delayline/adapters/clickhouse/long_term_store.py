@@ -23,7 +23,8 @@ Versions and the sync race (the protocol the scheduler service follows):
 Two user actions on one event at the same moment both write ``c + 2``; the row inserted last
 wins, as ``ReplacingMergeTree`` keeps the last of equal versions.
 
-How the sync finds due events without ``FINAL`` (``FINAL`` over 10M rows took 6–8 s a query):
+How the sync finds due events without ``FINAL`` (whose cost grows with the whole table:
+BENCHMARKS.md, longterm):
 every row carries ``listed_at``, the minimum of its own ``scheduled_at`` and its predecessor's
 (``rows.next_stamps``), and the ``by_listed`` projection keeps a copy of the
 rows sorted by it (migration 2). A row due by ``t`` has ``listed_at <= t``, and so does every

@@ -6,7 +6,7 @@ formatted with ``str.format(db=…, ttl_days=…)``, so they contain no other br
 statement is itself idempotent (``IF NOT EXISTS``), so two nodes migrating at once, or a run
 killed between a statement and its record, converge on the same schema when run again.
 
-Why ``event_schedules`` looks like this (measured on chDB 26.9, 2 cores, 1M rows):
+Why ``event_schedules`` looks like this (the costs behind each choice: BENCHMARKS.md, longterm):
 
 * Status changes and reschedules are new-version rows in a ``ReplacingMergeTree(version)``:
   ``ALTER … UPDATE`` took seconds and cannot touch a sort-key column. ``version`` is a logical
@@ -18,24 +18,23 @@ Why ``event_schedules`` looks like this (measured on chDB 26.9, 2 cores, 1M rows
   a rescheduled event's versions under different keys, where they never replace each other.
 * Partitions by ``toYYYYMM(created_at)``, which every version copies unchanged: all versions of
   an event share a partition, so ``FINAL`` may skip merging across partitions
-  (``do_not_merge_across_partitions_select_final``), measured 42–50 ms instead of 62–79 ms
-  for the next 1000 due of 1M rows; ``argMax`` per ``GROUP BY schedule_id`` took 220–250 ms.
+  (``do_not_merge_across_partitions_select_final``), which is faster than merging them all
+  and much faster than ``argMax`` per ``GROUP BY schedule_id``.
 * TTL: a version row expires ``ttl_days`` after its ``retain_from``, a time carried forward
   as the maximum over the event's versions of their ``scheduled_at`` and ``updated_at``. It
   never decreases from one version to the next, so a newer row (a ``cancelled`` one) never
   expires before an older one (its ``pending`` one), which would revive the event. Finished
   events are deleted whole by ``ClickHouseLongTermStore.cleanup`` first; the TTL is a backstop.
 
-Migration 2 (measured at 10M rows: the sync's ``FINAL`` read of the next 10 000 due events took
-6–8 s; a minmax skip index on ``scheduled_at`` cannot help, as random ids put due rows in every
+Migration 2 (the sync's ``FINAL`` read of the next due events reads the whole table; a minmax
+skip index on ``scheduled_at`` cannot help, as random ids put due rows in every
 granule): a ``listed_at`` column and a projection ``by_listed``, a copy of the rows sorted by
 it, so the sync reads only the rows it needs, without ``FINAL`` (``long_term_store`` explains
 why that is exact). The copy doubles the table's size on disk. ``ReplacingMergeTree`` accepts a
 projection only when merges and lightweight deletes rebuild it (the two settings). On an
 existing table, rows written before have ``listed_at = scheduled_at``; ``OPTIMIZE … FINAL``
 leaves one row per event, so no older version of a rescheduled event remains that the rule
-would need, and builds the projection of every part (``MATERIALIZE`` makes sure). Upgrade with
-the old nodes stopped: an old node writing a reschedule meanwhile would bypass the rule.
+would need, and builds the projection of every part (``MATERIALIZE`` makes sure).
 
 On a cluster (``SCHEDULES_CLICKHOUSE_CLUSTER``) each statement runs in its ``ON CLUSTER`` form:
 replicated local tables and ``Distributed`` tables over them under the names above
