@@ -24,9 +24,9 @@ from datetime import timedelta
 from bench.common import BODY_BYTES, Result, body_300, near_store
 from bench.common import redis_client as make_client
 from delayline.adapters.clickhouse.client import ClickHouseClient
-from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
 from delayline.adapters.clickhouse.migrations import EVENTS_TABLE, run_migrations
+from delayline.adapters.redis_lease import RedisLease
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
 from delayline.services.sync import SyncService

@@ -10,11 +10,11 @@ from typing import cast
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
-from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.redis_connect import RedisClient, RedisServers
 from delayline.adapters.redis_layout import control_tag
+from delayline.adapters.redis_lease import RedisLease
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.metrics import Metrics
 from delayline.ports import Clock

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.embedded import EmbeddedTansu
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
+from delayline.adapters.redis_lease import RedisLease
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, from_epoch_us, to_epoch_us

@@ -33,11 +33,14 @@ SCRIPT_NAMES = (
 )
 
 
+def read_lua(name: str) -> str:
+    """The text of ``adapters/lua/<name>.lua``."""
+    return resources.files("delayline.adapters").joinpath("lua", f"{name}.lua").read_text()
+
+
 def load_script(name: str) -> str:
-    """A script with the shared helpers (value layout, revisions) prepended."""
-    lua = resources.files("delayline.adapters").joinpath("lua")
-    helpers = (lua.joinpath(f"_{n}.lua").read_text() for n in ("member_of", "revision"))
-    return "".join(helpers) + lua.joinpath(f"{name}.lua").read_text()
+    """A near-term script with the shared helpers (value layout, revisions) prepended."""
+    return read_lua("_member_of") + read_lua("_revision") + read_lua(name)
 
 
 def register_scripts(client: RedisClient) -> dict[str, AsyncScript]:

@@ -13,7 +13,6 @@ import pytest
 from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
-from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
@@ -21,6 +20,7 @@ from delayline.adapters.clickhouse.migrations import (
     EVENTS_TABLE,
     run_migrations,
 )
+from delayline.adapters.redis_lease import RedisLease
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
-from delayline.adapters.clickhouse.locks import RedisLease
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.clickhouse.migrations import (
     BY_LISTED_PROJECTION,
@@ -19,6 +18,7 @@ from delayline.adapters.clickhouse.migrations import (
     run_migrations,
 )
 from delayline.adapters.clickhouse.rows import successor
+from delayline.adapters.redis_lease import RedisLease
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us

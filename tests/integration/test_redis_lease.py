@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from delayline.adapters.clickhouse.locks import RedisLease
+from delayline.adapters.redis_lease import RedisLease
 
 
 async def test_lease_is_exclusive_and_fencing_tokens_increase(

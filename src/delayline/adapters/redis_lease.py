@@ -21,37 +21,9 @@ import re
 import uuid
 
 from delayline.adapters.redis_connect import RedisClient
+from delayline.adapters.redis_scripts import read_lua
 
 _TAGGED = re.compile(r"\{[^{}]+\}")
-
-_ACQUIRE = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  if string.sub(current, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(string.sub(current, string.len(ARGV[1]) + 2))
-  end
-  return false
-end
-local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
-return fence
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class RedisLease:
@@ -76,9 +48,9 @@ class RedisLease:
         self.ttl = ttl
         self.owner = owner or uuid.uuid4().hex
         self._redis = redis_client
-        self._acquire = redis_client.register_script(_ACQUIRE)
-        self._renew = redis_client.register_script(_RENEW)
-        self._release = redis_client.register_script(_RELEASE)
+        self._acquire = redis_client.register_script(read_lua("lease_acquire"))
+        self._renew = redis_client.register_script(read_lua("lease_renew"))
+        self._release = redis_client.register_script(read_lua("lease_release"))
         self._token: int | None = None
 
     @property
