@@ -28,13 +28,14 @@ from typing import Any
 from bench.common import Result, body_300, percentiles
 from bench.common import redis_client as make_client
 from delayline.adapters.embedded import free_port
+from delayline.adapters.guarded import GuardedPublisher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.bootstrap import Application
 from delayline.domain.events import ScheduledEvent, utc_now
 from delayline.domain.outcomes import ExecutionResult
 from delayline.firing_runtime import dispatcher_config
-from delayline.resilience import CircuitBreaker, GuardedPublisher
+from delayline.resilience import CircuitBreaker
 from delayline.services.dispatcher import Dispatcher
 from delayline.settings import load_settings
 

@@ -20,11 +20,12 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.migrations import run_migrations
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
+from delayline.adapters.guarded import GuardedMessageSource
 from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
@@ -48,7 +49,7 @@ from delayline.health import (
 )
 from delayline.metrics import Metrics
 from delayline.ports import Clock
-from delayline.resilience import CircuitBreaker, Guarded
+from delayline.resilience import CircuitBreaker
 from delayline.roles import Role, parse_roles
 from delayline.services.ingress import DelayedEventsConsumer
 from delayline.services.scheduler import SchedulerService
@@ -77,7 +78,7 @@ class Running:
     """The dispatcher (``fire``)."""
     consumer: DelayedEventsConsumer | None = None
     """The Kafka ingress (``ingest``)."""
-    consumer_source: KafkaDelayedSource | None = None
+    consumer_source: GuardedMessageSource | None = None
     publisher: KafkaEventPublisher | None = None
     """A producer for the Kafka health probe when no firing thread holds one."""
     api_server: ApiServer | None = None
@@ -236,7 +237,7 @@ class Application:
             cipher=self.cipher,
             metrics=self.metrics,
         )
-        await wired.near.check_shard_count()  # refuses a count other than the recorded one
+        await wired.near.inner.check_shard_count()  # refuses a count other than the recorded one
         await wired.lifecycle.start()
         stack.push_async_callback(wired.lifecycle.close)  # flushes the last transitions
         await wired.analytics.initialize()
@@ -338,19 +339,16 @@ class Application:
 
     async def _start_ingest(
         self, stack: contextlib.AsyncExitStack, endpoints: Endpoints, wired: Wired
-    ) -> tuple[KafkaDelayedSource, DelayedEventsConsumer]:
+    ) -> tuple[GuardedMessageSource, DelayedEventsConsumer]:
         s = self.settings
         topics = KafkaTopics.from_settings(s, endpoints.bootstrap_servers)
         await topics.ensure_async()
         await stack.enter_async_context(
             background(topics.keep_present, "topics", s.shutdown_timeout)
         )
-        source = cast(
-            KafkaDelayedSource,
-            Guarded(
-                KafkaDelayedSource.from_settings(s, endpoints.bootstrap_servers),
-                self.breakers["kafka_consumer"],
-            ),
+        source = GuardedMessageSource(
+            KafkaDelayedSource.from_settings(s, endpoints.bootstrap_servers),
+            self.breakers["kafka_consumer"],
         )
         consumer = DelayedEventsConsumer(
             wired.service, source, clock=self.clock, on_dead_letter=self.metrics.dead_lettered

@@ -24,10 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, cast
+from typing import Any
 
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
-from delayline.adapters.redis_sharded import ShardedNearTermStore
+from delayline.adapters.guarded import GuardedNearTermStore, GuardedPublisher
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult, LifecycleEntry
 from delayline.firing_runtime import (
@@ -37,7 +37,7 @@ from delayline.firing_runtime import (
     near_term_store,
 )
 from delayline.ports import LifecycleSink, OutcomeSink
-from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
+from delayline.resilience import CircuitBreaker
 from delayline.services.dispatcher import Dispatcher
 from delayline.settings import Settings
 
@@ -326,7 +326,7 @@ async def _run_child(
         cipher = None if ring is None else PayloadCipher(ring, UnreadableEvents())
         near = near_term_store(s, client, cipher)
         dispatcher = Dispatcher(
-            cast(ShardedNearTermStore, Guarded(near, breakers["redis_firing"])),
+            GuardedNearTermStore(near, breakers["redis_firing"]),
             GuardedPublisher(publisher, breakers["kafka_producer"]),
             out,
             SystemClock(),

@@ -12,15 +12,15 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Collection
-from typing import cast
 
 from delayline.adapters.encryption import PayloadCipher
+from delayline.adapters.guarded import GuardedNearTermStore, GuardedPublisher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_connect import RedisServers, redis_client, redis_servers
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Clock, LifecycleSink, OutcomeSink
-from delayline.resilience import CircuitBreaker, Guarded, GuardedPublisher
+from delayline.resilience import CircuitBreaker
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.settings import Settings
 
@@ -190,7 +190,7 @@ class FiringThread:
             self.publisher = publisher
             near = near_term_store(s, client, self._cipher)
             self.dispatcher = Dispatcher(
-                cast(ShardedNearTermStore, Guarded(near, self._redis_breaker)),
+                GuardedNearTermStore(near, self._redis_breaker),
                 GuardedPublisher(publisher, self._producer_breaker),
                 self._sink,
                 self._clock,

@@ -1,4 +1,5 @@
-"""Circuit breakers, and the guard that puts one in front of an adapter.
+"""Circuit breakers: one per dependency, put in front of its adapters by
+:mod:`delayline.adapters.guarded`.
 
 A breaker per dependency (Redis, ClickHouse, Kafka producer, Kafka consumer):
 
@@ -17,15 +18,12 @@ failure: the call fails with :class:`DependencyBusy` and the breaker's counts st
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from delayline.domain.outcomes import Delivery
 from delayline.errors import (
     DependencyBusy,
     DependencyUnavailable,
@@ -170,65 +168,3 @@ class CircuitBreaker:
             raise
         self.record_success()
         return result
-
-
-class Guarded:
-    """Proxy of an adapter whose coroutine methods go through a :class:`CircuitBreaker`.
-
-    Other attributes (properties, sync methods, async generators) pass through unchanged.
-    """
-
-    def __init__(self, target: object, breaker: CircuitBreaker) -> None:
-        self._target = target
-        self.breaker = breaker
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
-
-        @functools.wraps(attr)
-        async def guarded(*args: Any, **kwargs: Any) -> Any:
-            return await self.breaker.call(attr, *args, **kwargs)
-
-        return guarded
-
-
-class GuardedPublisher:
-    """The Kafka producer behind a breaker fed by delivery reports.
-
-    ``publish`` never raises for unavailability: while the breaker is open every event gets a
-    :class:`DependencyUnavailable` result, which the dispatcher retries later without counting
-    it against the event.
-    """
-
-    def __init__(self, publisher: Any, breaker: CircuitBreaker) -> None:
-        self._publisher = publisher
-        self.breaker = breaker
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._publisher, name)
-
-    async def publish(self, events: Sequence[Any]) -> list[BaseException | Delivery]:
-        """Publish unless the breaker is open; feed it with the delivery outcomes."""
-        if not events:
-            return []
-        if not self.breaker.allow():
-            return [DependencyUnavailable(self.breaker.name, "circuit open") for _ in events]
-        try:
-            results: list[BaseException | Delivery] = await self._publisher.publish(events)
-        except asyncio.CancelledError:
-            self.breaker.release()
-            raise
-        except Exception:
-            self.breaker.record_failure()
-            raise
-        delivered = any(not isinstance(r, BaseException) for r in results)
-        unavailable = any(
-            isinstance(r, BaseException) and classify(r) is ErrorClass.UNAVAILABLE for r in results
-        )
-        if delivered or not unavailable:
-            self.breaker.record_success()
-        else:
-            self.breaker.record_failure()
-        return results

@@ -5,23 +5,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.encryption import PayloadCipher
+from delayline.adapters.guarded import (
+    GuardedLifecycleStore,
+    GuardedLongTermStore,
+    GuardedNearTermStore,
+)
 from delayline.adapters.redis_connect import RedisClient, RedisServers
 from delayline.adapters.redis_layout import control_tag
 from delayline.adapters.redis_lease import RedisLease
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.metrics import Metrics
-from delayline.ports import Clock
-from delayline.resilience import CircuitBreaker, Guarded
+from delayline.ports import Clock, RekeyableTier
+from delayline.resilience import CircuitBreaker
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
 from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
-from delayline.services.rotation import KeyRotation, RekeyableTier
+from delayline.services.rotation import KeyRotation
 from delayline.services.scheduler import SchedulerService
 from delayline.services.sync import SyncService
 from delayline.settings import Settings
@@ -33,8 +37,8 @@ class Wired:
 
     redis: RedisClient  # the server of the control keys
     clickhouse: ClickHouseClient
-    near: ShardedNearTermStore
-    far: ClickHouseLongTermStore
+    near: GuardedNearTermStore[ShardedNearTermStore]
+    far: GuardedLongTermStore[DuePage]
     lifecycle: LifecycleService
     sync: SyncService[DuePage]
     service: SchedulerService
@@ -63,14 +67,14 @@ def wire(
         cipher=cipher,
         shards=s.redis_shards,
     )
-    # Guarded adapters keep their type's interface; outages become DependencyUnavailable.
-    near = cast(ShardedNearTermStore, Guarded(near_store, breakers["redis"]))
+    # Guarded adapters implement their port; outages become DependencyUnavailable.
+    near = GuardedNearTermStore(near_store, breakers["redis"])
     far_store = ClickHouseLongTermStore(clickhouse, cipher, clock)
-    far = cast(ClickHouseLongTermStore, Guarded(far_store, breakers["clickhouse"]))
+    far = GuardedLongTermStore(far_store, breakers["clickhouse"])
     lifecycle_store = ClickHouseLifecycleStore(clickhouse, cipher)
     lifecycle = LifecycleService(
         # reads answer 503 while ClickHouse is down; writes wait in the recorder's buffer
-        cast(ClickHouseLifecycleStore, Guarded(lifecycle_store, breakers["clickhouse"])),
+        GuardedLifecycleStore(lifecycle_store, breakers["clickhouse"]),
         LifecycleRecorder(
             lifecycle_store,
             batch_size=s.analytics_batch_size,

@@ -12,10 +12,10 @@ import pytest
 
 from delayline.domain.events import new_event
 from delayline.domain.outcomes import ExecutionResult, Outcome
+from delayline.ports import Granularity
 from delayline.services.analytics import (
     BUFFER_BATCHES,
     AnalyticsRecorder,
-    Granularity,
     ScheduleAnalyticsService,
 )
 

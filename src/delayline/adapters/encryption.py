@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from delayline.domain.codec import UndecryptablePayload
+from delayline.ports import RekeyPage as RekeyPage  # the rotation port's result type
 
 MAGIC = 0xDC
 VERSION = 1
@@ -231,13 +232,3 @@ def open_columns(
             sealed_key_id(body), "undecryptable: sealed, and no key ring configured"
         )
     return cipher.open(schedule_id, body)
-
-
-@dataclass
-class RekeyPage:
-    """What one step of a tier's key rotation did."""
-
-    scanned: int = 0
-    rekeyed: int = 0
-    unreadable: int = 0
-    restored: int = 0

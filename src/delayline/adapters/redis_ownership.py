@@ -1,4 +1,4 @@
-"""Shard ownership on Redis/Valkey: :class:`delayline.ports_ownership.ShardLeases`.
+"""Shard ownership on Redis/Valkey: :class:`delayline.ports.ShardLeases`.
 
 Key layout (every key shares the control hash tag ``{prefix:ctl}``, so each script's keys sit
 in one Cluster slot and one call covers any number of shards):

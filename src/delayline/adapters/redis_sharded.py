@@ -12,13 +12,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import TypeVar
 
-from delayline.adapters.encryption import PayloadCipher, RekeyPage
+from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.redis_connect import RedisClient, RedisServers
 from delayline.adapters.redis_layout import control_tag, shard_of
 from delayline.adapters.redis_scripts import ScriptCall, run_pipelined
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import ScheduledEvent
-from delayline.ports import Claim, Finished
+from delayline.ports import Claim, Finished, RekeyPage
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from delayline.adapters.encryption import PayloadCipher, RekeyPage
+from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.redis_connect import RedisClient
 from delayline.adapters.redis_layout import ShardKeys, codec_bytes, stored_body
 from delayline.domain.codec import UndecryptablePayload, decode_event, reseal, sealed_part
 from delayline.domain.events import ScheduledEvent
+from delayline.ports import RekeyPage
 
 
 class ShardUpkeep:

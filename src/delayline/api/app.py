@@ -27,21 +27,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError, AuthMiddleware
 from delayline.api.routes_monitoring import PREFIX as MONITORING
-from delayline.api.routes_monitoring import (
-    AnalyticsQueries,
-    HealthCheck,
-    KeyRotator,
-    monitoring_router,
-)
+from delayline.api.routes_monitoring import monitoring_router
 from delayline.api.routes_schedules import schedules_router
 from delayline.api.schemas import ApiError
 from delayline.domain.codec import UndecryptablePayload
 from delayline.domain.events import InvalidEventError
 from delayline.errors import OutcomeUnknown, StorageFull, unavailable_error_types
 from delayline.metrics import Metrics
-from delayline.ports import SchedulerApi
+from delayline.ports import AnalyticsApi, HealthCheck, KeyRotator, SchedulerApi
 
-__all__ = ["AnalyticsQueries", "HealthCheck", "create_app"]
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +49,7 @@ UNMATCHED_ROUTE = "unmatched"
 def create_app(
     service: SchedulerApi,
     *,
-    analytics: AnalyticsQueries | None,
+    analytics: AnalyticsApi | None,
     health: HealthCheck,
     metrics: Metrics,
     api_keys: Sequence[str],

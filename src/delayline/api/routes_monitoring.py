@@ -1,7 +1,4 @@
-"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``.
-
-Also defines the two small ports the HTTP API needs besides :class:`SchedulerApi`.
-"""
+"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``."""
 
 from __future__ import annotations
 
@@ -9,7 +6,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi.encoders import jsonable_encoder
@@ -19,54 +16,13 @@ from delayline.api.schemas import ApiError, ErrorOut, Moved, Removed, to_utc
 from delayline.domain.events import utc_now
 from delayline.domain.limits import MAX_TEXT
 from delayline.metrics import CONTENT_TYPE, Metrics
-from delayline.ports import SchedulerApi
+from delayline.ports import AnalyticsApi, Granularity, HealthCheck, KeyRotator, SchedulerApi
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/schedules/monitoring"
 DEFAULT_WINDOW = timedelta(days=1)
 MAX_WINDOW = timedelta(days=400)
-Granularity = Literal["hour", "day"]
-
-
-class AnalyticsQueries(Protocol):
-    """The read side of the analytics service (``ScheduleAnalyticsService``)."""
-
-    async def get_performance_metrics(
-        self,
-        start_date: datetime,
-        end_date: datetime,
-        entity_type: str | None = None,
-        action: str | None = None,
-        topic: str | None = None,
-        granularity: Granularity = "hour",
-    ) -> list[dict[str, Any]]:
-        """Rows of the performance metrics, per hour or per day, in ``[start, end)``."""
-        ...
-
-    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
-        """Totals, success rate, lateness percentiles, top failing entity types/actions."""
-        ...
-
-
-class HealthCheck(Protocol):
-    """Each dependency's state (redis, clickhouse, kafka, each breaker) and ``serving``."""
-
-    async def check(self) -> dict[str, Any]:
-        """A JSON-ready report with at least ``serving: bool``."""
-        ...
-
-
-class KeyRotator(Protocol):
-    """Re-seals stored payloads with the current keys, in the background."""
-
-    def begin(self) -> dict[str, Any]:
-        """Start a rotation unless one runs; its status."""
-        ...
-
-    def report(self) -> dict[str, Any]:
-        """The status of the last or running rotation."""
-        ...
 
 
 def json_safe(value: Any) -> Any:
@@ -122,7 +78,7 @@ _PERF_PARAMS = _SUMMARY_PARAMS | {"entity_type", "action", "topic", "granularity
 def monitoring_router(
     service: SchedulerApi,
     *,
-    analytics: AnalyticsQueries | None,
+    analytics: AnalyticsApi | None,
     health: HealthCheck,
     metrics: Metrics,
     auth: Sequence[params.Depends],
@@ -194,7 +150,7 @@ def monitoring_router(
         (parked events put back once readable) and unreadable payloads."""
         return JSONResponse(_rotation().report())
 
-    def _analytics() -> AnalyticsQueries:
+    def _analytics() -> AnalyticsApi:
         if analytics is None:
             raise ApiError(404, "analytics is disabled (SCHEDULES_ANALYTICS_ENABLED=false)")
         return analytics

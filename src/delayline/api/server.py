@@ -22,9 +22,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from delayline.api.app import create_app
-from delayline.api.routes_monitoring import AnalyticsQueries, HealthCheck, KeyRotator
 from delayline.metrics import Metrics
-from delayline.ports import SchedulerApi
+from delayline.ports import AnalyticsApi, HealthCheck, KeyRotator, SchedulerApi
 from delayline.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def build_api_server(
     settings: Settings,
     service: SchedulerApi,
     *,
-    analytics: AnalyticsQueries | None,
+    analytics: AnalyticsApi | None,
     health: HealthCheck,
     metrics: Metrics,
     rotation: KeyRotator | None = None,

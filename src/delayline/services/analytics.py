@@ -27,52 +27,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from delayline.domain.events import as_utc
 from delayline.domain.outcomes import ExecutionResult
 from delayline.errors import backoff_ceiling
+from delayline.ports import AnalyticsReader, Granularity, ResultWriter
 
 log = logging.getLogger(__name__)
 
-Granularity = Literal["hour", "day"]
 T = TypeVar("T")
 
 BUFFER_BATCHES = 10
 """Default buffer bound, in batches: room for bursts and short outages."""
-
-
-class ResultWriter(Protocol):
-    """Where batches of execution results go (``ClickHouseAnalyticsStore``)."""
-
-    async def write_results(self, results: Sequence[ExecutionResult]) -> None:
-        """Write one batch; raise if it was not written."""
-        ...
-
-
-class AnalyticsQueries(Protocol):
-    """The read side of the analytics store (``ClickHouseAnalyticsStore``)."""
-
-    async def verify_schema(self) -> None:
-        """Raise unless the analytics tables exist."""
-        ...
-
-    async def performance(
-        self,
-        start: datetime,
-        end: datetime,
-        *,
-        entity_type: str | None = None,
-        action: str | None = None,
-        topic: str | None = None,
-        granularity: Granularity = "hour",
-    ) -> list[dict[str, Any]]:
-        """Metrics per hour or day and (entity_type, action, topic)."""
-        ...
-
-    async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
-        """Totals, success rate, lateness percentiles, top failing pairs."""
-        ...
 
 
 class BatchRecorder(Generic[T]):
@@ -279,7 +246,7 @@ class ScheduleAnalyticsService:
 
     def __init__(
         self,
-        queries: AnalyticsQueries,
+        queries: AnalyticsReader,
         *,
         recorder: AnalyticsRecorder | None = None,
         enabled: bool = True,

@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
 from delayline.errors import backoff_delay, is_unavailable
-from delayline.ports import Clock, DelayedMessage, SchedulerApi, Upserted
+from delayline.ports import Clock, DelayedMessage, MessageSource, SchedulerApi, Upserted
 from delayline.services.ingress_parse import Cancel, Reject, Schedule, parse
 from delayline.services.scheduler import kafka_revision
 
@@ -35,22 +35,6 @@ __all__ = [
     "IngressStats",
     "MessageSource",
 ]
-
-
-class MessageSource(Protocol):
-    """What the consumer needs from Kafka (``adapters.kafka_consumer.KafkaDelayedSource``)."""
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def poll(self, max_messages: int, timeout: float) -> Sequence[DelayedMessage]: ...
-    async def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
-    async def pause(self) -> None: ...
-    async def resume(self) -> None: ...
-    def take_revoked(self) -> set[tuple[str, int]]: ...
-    async def dead_letter(self, items: Sequence[tuple[Any, str]]) -> Sequence[tuple[Any, str]]:
-        """Dead-letter ``items``; returns those refused for good (with the error); raises
-        when the dead-letter topic cannot be written now."""
-        ...
 
 
 @dataclass(slots=True)

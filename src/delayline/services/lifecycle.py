@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from delayline.domain.events import ScheduledEvent, to_epoch_us
 from delayline.domain.outcomes import (
@@ -22,27 +22,8 @@ from delayline.domain.outcomes import (
     Transition,
     fold_history,
 )
+from delayline.ports import LifecycleStore
 from delayline.services.analytics import BatchRecorder
-
-
-class LifecycleStore(Protocol):
-    """Where transitions go and come back from (``ClickHouseLifecycleStore``)."""
-
-    async def write_entries(self, entries: Sequence[LifecycleEntry]) -> None:
-        """Write one batch; raise if it was not written."""
-        ...
-
-    async def history(self, schedule_id: str) -> list[LifecycleEntry]:
-        """One event's stored transitions, oldest first."""
-        ...
-
-    async def histories(self, ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
-        """The stored transitions of each of ``ids``, oldest first."""
-        ...
-
-    async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
-        """Ids of matching events in id order after ``after``, at most ``limit``."""
-        ...
 
 
 class LifecycleRecorder(BatchRecorder[LifecycleEntry]):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from delayline.domain.assignment import shards_of
-from delayline.ports_ownership import ShardLeases
+from delayline.ports import ShardLeases
 
 log = logging.getLogger(__name__)
 

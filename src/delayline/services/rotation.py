@@ -15,23 +15,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from delayline.adapters.encryption import RekeyPage
+from delayline.ports import RekeyableTier, RekeyPage
 
 log = logging.getLogger(__name__)
 
 PAGE = 500
 """Payloads read per step: bounds each compare-and-set script and each ClickHouse insert."""
-
-
-class RekeyableTier(Protocol):
-    """A tier whose stored payloads can be re-sealed a page at a time."""
-
-    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
-        """Re-seal up to ``count`` payloads after ``cursor`` ("" to start); the next cursor
-        ("" when done) and what was done."""
-        ...
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -27,26 +27,10 @@ from delayline.domain.limits import due_after
 from delayline.domain.outcomes import EventFilter, LifecycleEntry, Transition
 from delayline.domain.routing import Tier, route
 from delayline.errors import ErrorClass, classify
-from delayline.ports import Clock, LongTermStore, NearTermStore, Upserted
+from delayline.ports import Clock, LongTermStore, NearTermStore, SyncRunner, Upserted
 from delayline.services.lifecycle import LifecycleService
 
 log = logging.getLogger(__name__)
-
-
-class SyncRunner(Protocol):
-    """The ClickHouse → Redis sync and the cleanup, run on demand."""
-
-    async def sync_once(self) -> int:
-        """Move due-soon events into Redis; returns how many."""
-        ...
-
-    async def cleanup_once(self) -> int:
-        """Remove expired schedules and orphans; returns how many."""
-        ...
-
-    def stats(self) -> dict[str, Any]:
-        """Last run time, lag, totals."""
-        ...
 
 
 ScheduledHook = Callable[[Tier, str, int], None]
@@ -381,7 +365,7 @@ class SchedulerService:
             if not await self._far.reschedule(schedule_id, when):
                 return False
             # A sync that read the old version may have put a copy in Redis: take it back.
-            await self._discard_near(schedule_id)
+            await self._near.discard(schedule_id)
             return True
         # Due soon now: retire the ClickHouse row, then put the event into Redis at its new
         # time. A sync that read the old row may have put a copy there first: move that copy
@@ -403,16 +387,11 @@ class SchedulerService:
         check_opened(event)
         moved = replace(event, scheduled_at=when)
         await self._far.upsert([moved])
-        if await self._discard_near(event.schedule_id):
+        if await self._near.discard(event.schedule_id):
             return True
         await self._far.cancel(event.schedule_id)  # it started firing: keep the Redis one
         return False
 
-    async def _discard_near(self, schedule_id: str) -> bool:
-        discard = getattr(self._near, "discard", None)
-        if discard is not None:
-            return bool(await discard(schedule_id))
-        return await self._near.cancel(schedule_id)
 
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
         """The whole event at any stage: waiting in a tier, or (from its lifecycle history)
@@ -538,7 +517,7 @@ class SchedulerService:
             return counts
         moved = await self._far.reschedule_many(far_ids, when)
         for schedule_id, event in moved.items():
-            await self._discard_near(schedule_id)
+            await self._near.discard(schedule_id)
             counts[Tier.CLICKHOUSE] += 1
             self._transition(schedule_id, Transition.RESCHEDULED, event)
         return counts

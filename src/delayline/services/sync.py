@@ -11,9 +11,9 @@ several nodes or a node dying halfway:
 A node killed between 2 and 3 leaves the events ``pending`` in ClickHouse and present in Redis:
 the next sync re-inserts nothing and writes ``queued``. Nothing is lost, nothing doubled.
 
-With a store that can read a page after a given event (``due_after``), the next batch is read
-from ClickHouse while Redis takes the current one (ClickHouse and Redis work in parallel; each
-batch still goes read → Redis → ``queued`` in that order).
+The next batch is read from ClickHouse (``due_after`` the last event read) while Redis takes
+the current one, so the two work in parallel; each batch still goes read → Redis → ``queued``
+in that order.
 """
 
 from __future__ import annotations
@@ -24,63 +24,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic
 
 from delayline.domain.events import ScheduledEvent
-from delayline.ports import Clock
+from delayline.ports import Clock, Lease, LongTermStore, NearTermStore, PageT
 
 log = logging.getLogger(__name__)
-
-
-class SyncNearStore(Protocol):
-    """What the sync needs of the Redis tier."""
-
-    async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]: ...
-
-    async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
-        """Remove a pending event; with ``written``, only if it is still that copy."""
-        ...
-
-    async def remove_orphans(self) -> int: ...
-
-
-class DuePage(Protocol):
-    """Due events as the far tier read them, earliest first; handed back to ``mark_queued``
-    as they are (the tier may keep in it what it needs to mark them)."""
-
-    @property
-    def events(self) -> Sequence[ScheduledEvent]: ...
-
-
-PageT = TypeVar("PageT", bound=DuePage)
-
-
-class SyncFarStore(Protocol[PageT]):
-    """What the sync needs of the ClickHouse tier."""
-
-    async def due_before(self, until: datetime, limit: int) -> PageT: ...
-
-    async def mark_queued(self, page: PageT) -> list[str]: ...
-
-    async def cleanup(self, older_than: datetime) -> int: ...
-
-
-class PagedFarStore(SyncFarStore[PageT], Protocol[PageT]):
-    """A far store that can continue after the last event of the previous page."""
-
-    async def due_after(
-        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> PageT: ...
-
-
-class Lease(Protocol):
-    """A distributed lease with a fencing token."""
-
-    async def acquire(self) -> int | None: ...
-
-    async def renew(self) -> int | None: ...
-
-    async def release(self) -> bool: ...
 
 
 class SyncService(Generic[PageT]):
@@ -88,8 +37,8 @@ class SyncService(Generic[PageT]):
 
     def __init__(
         self,
-        near: SyncNearStore,
-        far: SyncFarStore[PageT],
+        near: NearTermStore,
+        far: LongTermStore[PageT],
         lease: Lease,
         clock: Clock,
         *,
@@ -140,10 +89,7 @@ class SyncService(Generic[PageT]):
             log.debug("sync: another node holds the lease")
             return 0
         try:
-            if callable(getattr(self._far, "due_after", None)):
-                moved = await self._sync_pipelined(cast(PagedFarStore[PageT], self._far))
-            else:
-                moved = await self._sync_serially()
+            moved = await self._sync_pipelined()
         finally:
             await self._lease.release()
         if moved:
@@ -166,22 +112,9 @@ class SyncService(Generic[PageT]):
             self._on_moved([e for e in events if e.schedule_id not in taken_back])
         return len(events) - len(changed)
 
-    async def _sync_serially(self) -> int:
-        moved = 0
-        while True:
-            page = await self._far.due_before(self._clock.now() + self._horizon, self._batch)
-            if not page.events:
-                break
-            moved += await self._move(page)
-            if len(page.events) < self._batch:
-                break
-            if await self._lease.renew() is None:
-                log.warning("sync: lease lost mid-run; stopping (another node continues)")
-                break
-        return moved
-
-    async def _sync_pipelined(self, far: PagedFarStore[PageT]) -> int:
+    async def _sync_pipelined(self) -> int:
         """Batch k+1 is read while batch k goes into Redis (and is marked ``queued``)."""
+        far = self._far
         until = self._clock.now() + self._horizon
         moved = 0
         ahead: asyncio.Task[PageT] | None = asyncio.ensure_future(

@@ -133,7 +133,7 @@ class StaticHealth:
 
 @dataclass
 class FakeAnalytics:
-    """An ``AnalyticsQueries`` that records its calls and returns canned rows."""
+    """An ``AnalyticsApi`` that records its calls and returns canned rows."""
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)

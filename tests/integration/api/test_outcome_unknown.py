@@ -15,12 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
+from delayline.adapters.guarded import GuardedNearTermStore
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
 from delayline.bootstrap import Application
 from delayline.clock import SystemClock
 from delayline.metrics import Metrics
-from delayline.resilience import CircuitBreaker, Guarded
+from delayline.resilience import CircuitBreaker
 from delayline.services.scheduler import SchedulerService
 from delayline.settings import load_settings
 
@@ -37,7 +38,7 @@ def stallable(tmp_path: Path) -> Iterator[tuple[EmbeddedValkey, str]]:
     valkey.start()
     client = Redis.from_url(valkey.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     store = RedisNearTermStore(client, prefix="stall", result_ttl_seconds=600)
-    near = Guarded(store, CircuitBreaker("redis", failure_threshold=1000))
+    near = GuardedNearTermStore(store, CircuitBreaker("redis", failure_threshold=1000))
     service = SchedulerService(near, SystemClock())
     app = create_app(service, analytics=None, health=StaticHealth(), metrics=Metrics(), api_keys=())
     server = ApiServer(app, client.aclose)

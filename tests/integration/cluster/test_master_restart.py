@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
-from typing import cast
 
 from redis.asyncio.cluster import RedisCluster
 
 from delayline.adapters.embedded import EmbeddedTansu
+from delayline.adapters.guarded import GuardedNearTermStore
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_connect import redis_servers
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.clock import SystemClock
 from delayline.domain.events import utc_now
 from delayline.errors import DependencyUnavailable
-from delayline.resilience import CircuitBreaker, Guarded
+from delayline.resilience import CircuitBreaker
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.scheduler import SchedulerService
 from tests.integration.cluster.test_sharded_tier import Results
@@ -45,9 +45,8 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
         if (node := client.get_node_from_key(s.due_key)) is not None and node.port == victim.port
     }
     assert on_victim and len(on_victim) < 6
-    near = cast(
-        ShardedNearTermStore,
-        Guarded(store, CircuitBreaker("redis", reset_timeout=0.2, max_reset_timeout=1.0)),
+    near = GuardedNearTermStore(
+        store, CircuitBreaker("redis", reset_timeout=0.2, max_reset_timeout=1.0)
     )
     topic = f"restart-{unique}"
     reader = TopicReader(broker.bootstrap_servers, topic)

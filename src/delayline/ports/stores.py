@@ -1,7 +1,4 @@
-"""The ports: what the services need from the outside world, as Protocols.
-
-Adapters implement them without importing each other; ``bootstrap`` wires them.
-"""
+"""The two storage tiers (Redis near, ClickHouse far), the sync's lease, key rotation."""
 
 from __future__ import annotations
 
@@ -9,18 +6,9 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from delayline.domain.events import EventStatus, ScheduledEvent
-from delayline.domain.outcomes import Delivery, EventFilter, ExecutionResult, LifecycleEntry
-
-
-class Clock(Protocol):
-    """Wall-clock time, injectable so time-based logic is testable without sleeping."""
-
-    def now(self) -> datetime:
-        """The current time, aware, UTC."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +116,44 @@ class NearTermStore(Protocol):
         """Due times (epoch µs) of events that became the earliest, from any process."""
         ...
 
+    async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
+        """Remove a pending event (not a leased one) without recording a final state; with
+        ``written``, only if it is still that copy. True if it was removed."""
+        ...
 
-class LongTermStore(Protocol):
-    """The ClickHouse tier: events due after the immediate horizon."""
+    async def remove_orphans(self) -> int:
+        """Remove payloads no index refers to any more; returns how many."""
+        ...
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        """See :meth:`RekeyableTier.rekey_page`."""
+        ...
+
+    async def parked(self) -> int:
+        """How many events are set aside because their payload cannot be opened."""
+        ...
+
+
+class DuePage(Protocol):
+    """Due events as the far tier read them, earliest first; handed back to
+    :meth:`LongTermStore.mark_queued` as they are (the tier may keep in it what it needs to
+    mark them)."""
+
+    @property
+    def events(self) -> Sequence[ScheduledEvent]:
+        """The events read."""
+        ...
+
+
+PageT = TypeVar("PageT", bound=DuePage)
+"""The page type of one long-term store implementation."""
+
+
+class LongTermStore(Protocol[PageT]):
+    """The ClickHouse tier: events due after the immediate horizon.
+
+    Generic over the page its sync reads return (``LongTermStore[Any]`` where the pages are
+    not used)."""
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
         """Insert events whose schedule_id is not already stored; True where inserted."""
@@ -183,123 +206,57 @@ class LongTermStore(Protocol):
         """Due time of the earliest pending event."""
         ...
 
+    async def due_after(
+        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
+    ) -> PageT:
+        """Up to ``limit`` pending events due at or before ``until`` in (due time, priority,
+        id) order, after the key ``after`` (None: from the start); what the sync moves."""
+        ...
 
-class EventPublisher(Protocol):
-    """Publishes fired events to their Kafka topics."""
+    async def mark_queued(self, page: PageT) -> list[str]:
+        """Mark the events of ``page`` queued in Redis; the ids not marked because they
+        changed since they were read (the sync takes those back out of Redis)."""
+        ...
 
-    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
-        """Publish each event; per event the broker's delivery report (its wall time, partition
-        and offset), or the error."""
+    async def cleanup(self, older_than: datetime) -> int:
+        """Remove schedules finished before ``older_than``; returns how many."""
+        ...
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        """See :meth:`RekeyableTier.rekey_page`."""
         ...
 
 
-class OutcomeSink(Protocol):
-    """Receives every execution result; must never block or fail the dispatcher."""
+@dataclass
+class RekeyPage:
+    """What one step of a tier's key rotation did."""
 
-    def record(self, result: ExecutionResult) -> None:
-        """Take one result (buffered; written later, off the firing path)."""
+    scanned: int = 0
+    rekeyed: int = 0
+    unreadable: int = 0
+    restored: int = 0
+
+
+class RekeyableTier(Protocol):
+    """A tier whose stored payloads can be re-sealed a page at a time."""
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        """Re-seal up to ``count`` payloads after ``cursor`` ("" to start); the next cursor
+        ("" when done) and what was done."""
         ...
 
 
-class LifecycleSink(Protocol):
-    """Receives every transition of every event; must never block or fail its caller.
+class Lease(Protocol):
+    """A lease shared by every node (the sync's), fenced by a token that only grows."""
 
-    May be called from any thread (the dispatcher may run on its own event loop)."""
-
-    def transition(self, entry: LifecycleEntry) -> None:
-        """Take one transition (buffered; written later, off the firing path)."""
+    async def acquire(self) -> int | None:
+        """Take the lease if free; its fencing token, or None if another node holds it."""
         ...
 
-
-class SchedulerApi(Protocol):
-    """What the ingress adapters (HTTP, Kafka consumer, CLI) need from the scheduler service."""
-
-    def build_event(self, **fields: Any) -> ScheduledEvent:
-        """Validate fields into an event (raises ``InvalidEventError``), using the settings'
-        body-size limit and default ``max_delay_seconds``."""
+    async def renew(self) -> int | None:
+        """Extend the lease if still held; its token, or None if it was lost."""
         ...
 
-    async def schedule_events(
-        self, events: Sequence[ScheduledEvent], source: str = "api"
-    ) -> list[bool]:
-        """Store validated events in their tier, durably; True where new (False: id existed).
-
-        ``source`` (api, http, kafka) labels the scheduling metrics."""
+    async def release(self) -> bool:
+        """Give the lease up if still held; True if it was."""
         ...
-
-    async def upsert_events(
-        self, events: Sequence[ScheduledEvent], revisions: Sequence[str], source: str = "api"
-    ) -> list[Upserted]:
-        """Store each event as its id's current version, in order, in its tier, durably;
-        ``revisions`` tell a redelivered or older version from a newer one."""
-        ...
-
-    async def replace(self, event: ScheduledEvent, source: str = "api") -> Upserted:
-        """Replace whatever state ``event``'s id is in (an identical version: unchanged)."""
-        ...
-
-    async def cancel_event(self, schedule_id: str) -> bool:
-        """Cancel a pending event in whichever tier it is."""
-        ...
-
-    async def reschedule_event(self, schedule_id: str, scheduled_at: datetime) -> bool:
-        """Move a pending event to a new time (possibly to the other tier)."""
-        ...
-
-    async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
-        """The event with its status, from whichever tier holds it."""
-        ...
-
-    async def get_history(self, schedule_id: str) -> list[LifecycleEntry]:
-        """Every recorded transition of the event, oldest first."""
-        ...
-
-    async def find_events(
-        self, match: EventFilter, *, after: str = "", limit: int = 100
-    ) -> list[ScheduledEvent]:
-        """Events matching ``match`` in either tier, in id order after the id ``after``."""
-        ...
-
-    async def cancel_by_key(self, correlation_id: str) -> dict[str, int]:
-        """Cancel every pending event with the correlation id; how many per tier."""
-        ...
-
-    async def reschedule_by_key(
-        self, correlation_id: str, scheduled_at: datetime
-    ) -> dict[str, int]:
-        """Move every pending event with the correlation id; how many per tier."""
-        ...
-
-    async def get_stats(self) -> dict[str, Any]:
-        """Pending per tier, counts per status, next due times, sync lag."""
-        ...
-
-    async def sync_clickhouse_to_redis(self) -> int:
-        """Run the sync now; returns how many events it moved."""
-        ...
-
-    async def cleanup_old_schedules(self) -> int:
-        """Run the cleanup now; returns how many rows/keys it removed."""
-        ...
-
-
-class DelayedMessage(Protocol):
-    """A record consumed from the delayed topic, as the Kafka adapter hands it over;
-    ``header_error`` says why its headers could not be read (then ``headers`` is empty)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
-    @property
-    def timestamp_ms(self) -> int | None: ...
-    @property
-    def header_error(self) -> str | None: ...
