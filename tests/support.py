@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
+from delayline.domain.events import EventStatus, ScheduledEvent
+from delayline.ports import Claim, Finished, LongTermStore, NearTermStore, RekeyPage
 
 
 @dataclass(frozen=True)
@@ -107,20 +108,141 @@ def _headers(raw: object) -> dict[str, bytes]:
     return out
 
 
-class PagedFar:
-    """A long-term store for the sync that forwards to ``inner``, with faults by page number
-    (1-based): a failing read, a read that hangs until cancelled, or an action run right
-    after a page was read."""
+class ForwardingFar:
+    """A :class:`LongTermStore` that forwards every call to ``inner``; fault wrappers for the
+    sync override the few calls they break."""
+
+    def __init__(self, inner: LongTermStore) -> None:
+        self.inner = inner
+
+    async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
+        return await self.inner.insert(events)
+
+    async def upsert(self, events: Sequence[ScheduledEvent]) -> list[int]:
+        return await self.inner.upsert(events)
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        return await self.inner.known(ids)
+
+    async def supersede(self, ids: Sequence[str]) -> set[str]:
+        return await self.inner.supersede(ids)
+
+    async def get(self, schedule_id: str) -> ScheduledEvent | None:
+        return await self.inner.get(schedule_id)
+
+    async def cancel(self, schedule_id: str) -> bool:
+        return await self.inner.cancel(schedule_id)
+
+    async def cancel_live(self, schedule_id: str) -> EventStatus | None:
+        return await self.inner.cancel_live(schedule_id)
+
+    async def cancel_many(self, ids: Sequence[str]) -> dict[str, EventStatus]:
+        return await self.inner.cancel_many(ids)
+
+    async def reschedule(self, schedule_id: str, scheduled_at: datetime) -> bool:
+        return await self.inner.reschedule(schedule_id, scheduled_at)
+
+    async def reschedule_many(
+        self, ids: Sequence[str], scheduled_at: datetime
+    ) -> dict[str, ScheduledEvent]:
+        return await self.inner.reschedule_many(ids, scheduled_at)
+
+    async def counts(self) -> dict[str, int]:
+        return await self.inner.counts()
+
+    async def next_due(self) -> datetime | None:
+        return await self.inner.next_due()
+
+    async def due_after(
+        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
+    ) -> list[ScheduledEvent]:
+        return await self.inner.due_after(until, limit, after)
+
+    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
+        return await self.inner.mark_queued(events)
+
+    async def cleanup(self, older_than: datetime) -> int:
+        return await self.inner.cleanup(older_than)
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        return await self.inner.rekey_page(cursor, count)
+
+
+class ForwardingNear:
+    """A :class:`NearTermStore` that forwards every call to ``inner``; fault wrappers for the
+    sync override the few calls they break."""
+
+    def __init__(self, inner: NearTermStore) -> None:
+        self.inner = inner
+
+    async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]:
+        return await self.inner.schedule(events)
+
+    async def upsert(self, items: Sequence[tuple[ScheduledEvent, str, bool]]) -> list[int]:
+        return await self.inner.upsert(items)
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        return await self.inner.known(ids)
+
+    async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
+        return await self.inner.claim(now_us, limit, lease_seconds)
+
+    async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
+        return await self.inner.ack(token, finished, now_us)
+
+    async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
+        return await self.inner.retry(token, event, due_us)
+
+    async def cancel(self, schedule_id: str) -> bool:
+        return await self.inner.cancel(schedule_id)
+
+    async def cancel_many(self, ids: Sequence[str]) -> list[bool]:
+        return await self.inner.cancel_many(ids)
+
+    async def reschedule(self, schedule_id: str, due_us: int) -> bool:
+        return await self.inner.reschedule(schedule_id, due_us)
+
+    async def reap(self, now_us: int) -> int:
+        return await self.inner.reap(now_us)
+
+    async def get(self, schedule_id: str) -> ScheduledEvent | None:
+        return await self.inner.get(schedule_id)
+
+    async def next_due_us(self) -> int | None:
+        return await self.inner.next_due_us()
+
+    async def counts(self) -> dict[str, int]:
+        return await self.inner.counts()
+
+    def wakeups(self) -> AsyncIterator[int]:
+        return self.inner.wakeups()
+
+    async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
+        return await self.inner.discard(schedule_id, written)
+
+    async def remove_orphans(self) -> int:
+        return await self.inner.remove_orphans()
+
+    async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
+        return await self.inner.rekey_page(cursor, count)
+
+    async def parked(self) -> int:
+        return await self.inner.parked()
+
+
+class PagedFar(ForwardingFar):
+    """The long-term store with faults by page of the sync's read (1-based): a failing read,
+    a read that hangs until cancelled, or an action run right after a page was read."""
 
     def __init__(
         self,
-        inner: ClickHouseLongTermStore,
+        inner: LongTermStore,
         *,
         fail_page: int | None = None,
         slow_page: int | None = None,
         after_page: dict[int, Callable[[], Awaitable[None]]] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_page = fail_page
         self.slow_page = slow_page
         self.after_page = after_page or {}
@@ -128,12 +250,9 @@ class PagedFar:
         self.slow_started = asyncio.Event()
         self.slow_cancelled = False
 
-    async def due_before(self, until: datetime, limit: int) -> DuePage:
-        return await self.due_after(until, limit, None)
-
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> DuePage:
+    ) -> list[ScheduledEvent]:
         self.pages += 1
         n = self.pages
         if n == self.fail_page:
@@ -149,9 +268,3 @@ class PagedFar:
         if n in self.after_page:
             await self.after_page[n]()
         return page
-
-    async def mark_queued(self, page: DuePage) -> list[str]:
-        return await self.inner.mark_queued(page)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)

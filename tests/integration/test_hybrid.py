@@ -23,7 +23,7 @@ from delayline.ports import Finished
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.scheduler import SchedulerService
 from delayline.services.sync import SyncService
-from tests.support import TopicReader
+from tests.support import ForwardingFar, TopicReader
 
 HORIZON = 86400
 TRANSFER = 3600
@@ -121,24 +121,18 @@ async def test_two_concurrent_syncs_move_each_event_once(
     assert len(ids) == len(set(ids))
 
 
-class _CrashAfterRedis:
+class _CrashAfterRedis(ForwardingFar):
     """A long-term store whose first mark_queued dies, as a node killed mid-sync would."""
 
     def __init__(self, inner: ClickHouseLongTermStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.crashed = False
-
-    async def due_before(self, until: datetime, limit: int) -> DuePage:
-        return await self.inner.due_before(until, limit)
 
     async def mark_queued(self, page: DuePage) -> list[str]:
         if not self.crashed:
             self.crashed = True
             raise ConnectionError("node died between the Redis write and the status write")
         return await self.inner.mark_queued(page)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)
 
 
 async def test_sync_killed_between_redis_and_status_write(
@@ -166,25 +160,22 @@ async def test_sync_killed_between_redis_and_status_write(
     assert None not in stored
 
 
-class _CancelDuringSync:
+class _CancelDuringSync(ForwardingFar):
     """Cancels an event through the service right after the sync has read it."""
 
     def __init__(self, inner: ClickHouseLongTermStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.service: SchedulerService | None = None
         self.victim = ""
 
-    async def due_before(self, until: datetime, limit: int) -> DuePage:
-        page = await self.inner.due_before(until, limit)
+    async def due_after(
+        self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
+    ) -> DuePage:
+        page = await self.inner.due_after(until, limit, after)
         assert self.service is not None
         assert await self.service.cancel_event(self.victim)
         return page
 
-    async def mark_queued(self, page: DuePage) -> list[str]:
-        return await self.inner.mark_queued(page)
-
-    async def cleanup(self, older_than: datetime) -> int:
-        return await self.inner.cleanup(older_than)
 
 
 async def test_cancel_during_sync_never_fires(

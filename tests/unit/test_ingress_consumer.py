@@ -81,6 +81,7 @@ class FakeSource:
         self.pause_calls = 0
         self.revoked: set[tuple[str, int]] = set()
         self.started = self.stopped = 0
+        self.lag: int | None = None
 
     async def start(self) -> None:
         self.started += 1

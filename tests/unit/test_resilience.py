@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
 import pytest
 
-from delayline.domain.events import InvalidEventError
+from delayline.adapters.guarded import GuardedLifecycleStore, GuardedPublisher
+from delayline.domain.events import InvalidEventError, ScheduledEvent, new_event
+from delayline.domain.outcomes import Delivery, EventFilter, LifecycleEntry
 from delayline.errors import DependencyUnavailable, ErrorClass, PublishError
-from delayline.resilience import BreakerState, CircuitBreaker, Guarded, GuardedPublisher
+from delayline.resilience import BreakerState, CircuitBreaker
+
+EVENT = new_event(topic="t", scheduled_at=datetime(2030, 1, 1, tzinfo=UTC))
 
 
 class FakeTime:
@@ -106,33 +113,52 @@ async def test_bad_input_does_not_count_as_failure() -> None:
     assert _state(breaker) is BreakerState.CLOSED
 
 
-class Store:
+class History:
+    """A lifecycle store that can be taken down."""
+
     def __init__(self) -> None:
         self.up = True
-        self.name = "store"
 
-    async def get(self, key: str) -> str:
+    async def write_entries(self, entries: Sequence[LifecycleEntry]) -> None:
+        self._check()
+
+    async def history(self, schedule_id: str) -> list[LifecycleEntry]:
+        self._check()
+        return []
+
+    async def histories(self, ids: Sequence[str]) -> dict[str, list[LifecycleEntry]]:
+        self._check()
+        return {}
+
+    async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
+        self._check()
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        return [after]
+
+    def _check(self) -> None:
         if not self.up:
             raise ConnectionError("down")
-        return key
 
 
 async def test_guarded_adapter_converts_outages() -> None:
-    store = Store()
-    guarded = Guarded(store, _breaker(FakeTime()))
-    assert await guarded.get("a") == "a"
-    assert guarded.name == "store"
+    store = History()
+    guarded = GuardedLifecycleStore(store, _breaker(FakeTime()))
+    assert await guarded.find(EventFilter(), after="a") == ["a"]  # keyword arguments pass
+    with pytest.raises(ValueError, match="positive"):  # bad input passes through as it is
+        await guarded.find(EventFilter(), limit=0)
+    assert _state(guarded.breaker) is BreakerState.CLOSED
     store.up = False
     with pytest.raises(DependencyUnavailable, match="redis is unavailable"):
-        await guarded.get("a")
+        await guarded.history("a")
 
 
 class Publisher:
     def __init__(self) -> None:
         self.calls = 0
-        self.result: BaseException | float = 1.0
+        self.result: BaseException | Delivery = Delivery(1.0, 0, 0)
 
-    async def publish(self, events: list[object]) -> list[BaseException | float]:
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
         self.calls += 1
         return [self.result for _ in events]
 
@@ -142,9 +168,9 @@ async def test_guarded_publisher_opens_on_delivery_failures() -> None:
     publisher.result = PublishError("_TRANSPORT", ErrorClass.UNAVAILABLE)
     guarded = GuardedPublisher(publisher, _breaker(FakeTime()))
     for _ in range(3):
-        await guarded.publish([object()])
+        await guarded.publish([EVENT])
     assert _state(guarded.breaker) is BreakerState.OPEN
-    results = await guarded.publish([object(), object()])
+    results = await guarded.publish([EVENT, EVENT])
     assert publisher.calls == 3  # not called while open
     assert all(isinstance(r, DependencyUnavailable) for r in results)
 
@@ -163,12 +189,12 @@ async def test_a_probe_that_never_reports_does_not_block_forever() -> None:
 
 async def test_a_publish_that_raises_counts_as_a_failure() -> None:
     class Broken:
-        async def publish(self, events: list[object]) -> list[BaseException | float]:
+        async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
             raise RuntimeError("producer is being rebuilt")
 
     clock = FakeTime()
     guarded = GuardedPublisher(Broken(), _breaker(clock))
     for _ in range(3):
         with pytest.raises(RuntimeError):
-            await guarded.publish([object()])
+            await guarded.publish([EVENT])
     assert _state(guarded.breaker) is BreakerState.OPEN

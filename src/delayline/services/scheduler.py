@@ -392,7 +392,6 @@ class SchedulerService:
         await self._far.cancel(event.schedule_id)  # it started firing: keep the Redis one
         return False
 
-
     async def get_event(self, schedule_id: str) -> ScheduledEvent | None:
         """The whole event at any stage: waiting in a tier, or (from its lifecycle history)
         fired, failed, skipped or cancelled, with when and where it was delivered.

@@ -25,7 +25,7 @@ from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.clock import ManualClock
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us
 from delayline.services.sync import SyncService
-from tests.support import PagedFar
+from tests.support import ForwardingNear, PagedFar
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 UNTIL = NOW + timedelta(days=3)
@@ -314,22 +314,16 @@ async def test_a_failed_redis_write_cancels_the_read_ahead(
 ) -> None:
     await lt_store.insert([event(f"w{i}", days=2 + i / 86400) for i in range(6)])
 
-    class Broken:
+    class Broken(ForwardingNear):
         async def schedule(self, events: Sequence[ScheduledEvent]) -> list[bool]:
             await far.slow_started.wait()  # the read ahead is in flight
             raise ConnectionError("redis down")
-
-        async def discard(self, schedule_id: str, written: ScheduledEvent | None = None) -> bool:
-            return True
-
-        async def remove_orphans(self) -> int:
-            return 0
 
     far = PagedFar(lt_store, slow_page=2)
     before = _others()
     lease = _Lease()
     sync = SyncService(
-        Broken(),
+        Broken(store),
         far,
         lease,
         ManualClock(NOW + timedelta(days=2)),
