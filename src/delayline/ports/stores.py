@@ -82,7 +82,8 @@ class NearTermStore(Protocol):
         ...
 
     async def cancel(self, schedule_id: str) -> bool:
-        """Remove a pending or leased event; True if it was there."""
+        """Cancel a pending event and remember it cancelled; True if it was pending (a leased
+        event is firing and is not recalled)."""
         ...
 
     async def cancel_many(self, ids: Sequence[str]) -> list[bool]:
