@@ -63,4 +63,3 @@ def far(request: pytest.FixtureRequest, lt_store: ClickHouseLongTermStore) -> Lo
 def lifecycle(request: pytest.FixtureRequest, ch_client: ClickHouseClient) -> LifecycleStore:
     """The lifecycle store, as each implementation."""
     return LIFECYCLE[request.param](ClickHouseLifecycleStore(ch_client))
-
