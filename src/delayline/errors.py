@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
 from enum import StrEnum
 
 
@@ -176,13 +175,3 @@ def unavailable_error_types() -> tuple[type[Exception], ...]:
         ClusterDownError,
         TryAgainError,
     )
-
-
-def backoff_ceiling(attempt: int, initial: float, maximum: float) -> float:
-    """The exponential backoff bound for ``attempt``: min(maximum, initial·2^attempt)."""
-    return float(min(maximum, initial * (2 ** min(attempt, 30))))
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter: a random delay in [½, 1] × :func:`backoff_ceiling`."""
-    return backoff_ceiling(attempt, initial, maximum) * (0.5 + random.random() / 2)

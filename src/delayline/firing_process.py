@@ -28,6 +28,7 @@ from typing import Any
 
 from delayline.adapters.encryption import PayloadCipher, UnreadableEvents
 from delayline.adapters.guarded import GuardedNearTermStore, GuardedPublisher
+from delayline.backoff import backoff_ceiling
 from delayline.clock import SystemClock
 from delayline.domain.outcomes import ExecutionResult, LifecycleEntry
 from delayline.firing_runtime import (
@@ -79,7 +80,7 @@ class FiringProcess:
         self._reader: threading.Thread | None = None
         self._ready: asyncio.Future[None] | None = None
         self._started_at = 0.0
-        self._backoff = RESTART_BACKOFF_INITIAL
+        self._restarts_in_a_row = 0  # since it last ran STABLE_SECONDS: sets the backoff
         self._restarting: asyncio.Task[None] | None = None
         self._stopping = False
         self.claims_in_flight = 0
@@ -205,19 +206,22 @@ class FiringProcess:
             return
         ran = time.monotonic() - self._started_at
         if ran >= STABLE_SECONDS:
-            self._backoff = RESTART_BACKOFF_INITIAL
+            self._restarts_in_a_row = 0
+        delay = backoff_ceiling(
+            self._restarts_in_a_row, RESTART_BACKOFF_INITIAL, RESTART_BACKOFF_MAX
+        )
         log.error(
             "the firing process %s exited unexpectedly (code %s) after %.1f s: restarting in "
             "%.1f s; what it had claimed fires again once its leases expire",
             process.pid,
             process.exitcode,
             ran,
-            self._backoff,
+            delay,
         )
         self.restarts += 1
         self._on_restart()
-        self._restarting = asyncio.create_task(self._restart(self._backoff))
-        self._backoff = min(self._backoff * 2, RESTART_BACKOFF_MAX)
+        self._restarting = asyncio.create_task(self._restart(delay))
+        self._restarts_in_a_row += 1
 
     async def _restart(self, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from delayline.backoff import backoff_ceiling
 from delayline.errors import (
     DependencyBusy,
     DependencyUnavailable,
@@ -67,6 +68,7 @@ class CircuitBreaker:
         self._base_timeout = reset_timeout
         self._max_timeout = max_reset_timeout
         self._timeout = reset_timeout
+        self._reopened = 0  # half-open probes failed in a row: doubles the timeout
         self._half_open_max = half_open_max_calls
         self._success_threshold = success_threshold
         self._clock = clock
@@ -122,6 +124,7 @@ class CircuitBreaker:
             self._probes = max(0, self._probes - 1)
             self._successes += 1
             if self._successes >= self._success_threshold:
+                self._reopened = 0
                 self._timeout = self._base_timeout
                 self._set(BreakerState.CLOSED)
 
@@ -129,7 +132,8 @@ class CircuitBreaker:
         """A call failed because the dependency is unavailable."""
         self._failures += 1
         if self._state is BreakerState.HALF_OPEN:
-            self._timeout = min(self._max_timeout, self._timeout * 2)
+            self._reopened += 1
+            self._timeout = backoff_ceiling(self._reopened, self._base_timeout, self._max_timeout)
             self._open()
         elif self._state is BreakerState.CLOSED and self._failures >= self._failure_threshold:
             self._open()

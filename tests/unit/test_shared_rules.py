@@ -13,10 +13,11 @@ from redis.exceptions import BusyLoadingError, ClusterDownError, ResponseError, 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from delayline.adapters.kafka_producer import classify_kafka_error
+from delayline.backoff import backoff_ceiling, backoff_delay
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
 from delayline.domain.limits import MAX_DELAY_SECONDS, due_after
-from delayline.errors import DependencyUnavailable, backoff_ceiling, backoff_delay, is_unavailable
+from delayline.errors import DependencyUnavailable, is_unavailable
 from delayline.ports import NearTermStore
 from delayline.services.scheduler import SchedulerService
 

@@ -29,9 +29,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from delayline.backoff import backoff_ceiling
 from delayline.domain.events import as_utc
 from delayline.domain.outcomes import ExecutionResult
-from delayline.errors import backoff_ceiling
 from delayline.ports import AnalyticsReader, Granularity, ResultWriter
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from delayline.backoff import backoff_delay
 from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us, to_epoch_us
 from delayline.domain.outcomes import (
     Delivery,
@@ -33,7 +34,7 @@ from delayline.domain.outcomes import (
     Outcome,
     Transition,
 )
-from delayline.errors import ErrorClass, PublishError, backoff_delay, classify
+from delayline.errors import ErrorClass, PublishError, classify
 from delayline.ports import (
     Claim,
     Clock,

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from delayline.backoff import backoff_delay
 from delayline.clock import SystemClock
 from delayline.domain.events import InvalidEventError
-from delayline.errors import backoff_delay, is_unavailable
+from delayline.errors import is_unavailable
 from delayline.ports import Clock, DelayedMessage, MessageSource, SchedulerApi, Upserted
 from delayline.services.ingress_parse import Cancel, Reject, Schedule, parse
 from delayline.services.scheduler import kafka_revision
