@@ -30,12 +30,7 @@ from delayline.services.scheduler import kafka_revision
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DelayedEventsConsumer",
-    "DelayedMessage",
-    "IngressStats",
-    "MessageSource",
-]
+__all__ = ["DelayedEventsConsumer", "IngressStats"]
 
 
 @dataclass(slots=True)
