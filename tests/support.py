@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from delayline.domain.events import EventStatus, ScheduledEvent
-from delayline.ports import Claim, Finished, LongTermStore, NearTermStore, RekeyPage
+from delayline.ports import Claim, Finished, LongTermStore, NearTermStore, PageT, RekeyPage
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,11 @@ def _headers(raw: object) -> dict[str, bytes]:
     return out
 
 
-class ForwardingFar:
+class ForwardingFar(Generic[PageT]):
     """A :class:`LongTermStore` that forwards every call to ``inner``; fault wrappers for the
     sync override the few calls they break."""
 
-    def __init__(self, inner: LongTermStore) -> None:
+    def __init__(self, inner: LongTermStore[PageT]) -> None:
         self.inner = inner
 
     async def insert(self, events: Sequence[ScheduledEvent]) -> list[bool]:
@@ -155,11 +156,11 @@ class ForwardingFar:
 
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> list[ScheduledEvent]:
+    ) -> PageT:
         return await self.inner.due_after(until, limit, after)
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.inner.mark_queued(events)
+    async def mark_queued(self, page: PageT) -> list[str]:
+        return await self.inner.mark_queued(page)
 
     async def cleanup(self, older_than: datetime) -> int:
         return await self.inner.cleanup(older_than)
@@ -184,8 +185,14 @@ class ForwardingNear:
     async def known(self, ids: Sequence[str]) -> set[str]:
         return await self.inner.known(ids)
 
-    async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
-        return await self.inner.claim(now_us, limit, lease_seconds)
+    async def claim(
+        self,
+        now_us: int,
+        limit: int,
+        lease_seconds: float,
+        shards: Collection[int] | None = None,
+    ) -> Claim:
+        return await self.inner.claim(now_us, limit, lease_seconds, shards)
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
         return await self.inner.ack(token, finished, now_us)
@@ -202,8 +209,10 @@ class ForwardingNear:
     async def reschedule(self, schedule_id: str, due_us: int) -> bool:
         return await self.inner.reschedule(schedule_id, due_us)
 
-    async def reap(self, now_us: int) -> int:
-        return await self.inner.reap(now_us)
+    async def reap(
+        self, now_us: int, limit: int = 1000, shards: Collection[int] | None = None
+    ) -> int:
+        return await self.inner.reap(now_us, limit, shards)
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:
         return await self.inner.get(schedule_id)
@@ -230,13 +239,13 @@ class ForwardingNear:
         return await self.inner.parked()
 
 
-class PagedFar(ForwardingFar):
+class PagedFar(ForwardingFar[PageT]):
     """The long-term store with faults by page of the sync's read (1-based): a failing read,
     a read that hangs until cancelled, or an action run right after a page was read."""
 
     def __init__(
         self,
-        inner: LongTermStore,
+        inner: LongTermStore[PageT],
         *,
         fail_page: int | None = None,
         slow_page: int | None = None,
@@ -252,7 +261,7 @@ class PagedFar(ForwardingFar):
 
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> list[ScheduledEvent]:
+    ) -> PageT:
         self.pages += 1
         n = self.pages
         if n == self.fail_page:

@@ -22,9 +22,8 @@ from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.bootstrap import Application
 from delayline.domain.events import ScheduledEvent
 from delayline.domain.outcomes import EventFilter, LifecycleEntry
-from delayline.ports import Upserted
+from delayline.ports import Granularity, Upserted
 from delayline.roles import PYTHON_API_ROLES, Role
-from delayline.services.analytics import Granularity
 from delayline.services.analytics import ScheduleAnalyticsService as AnalyticsReads
 from delayline.services.scheduler import SchedulerService
 from delayline.settings import Settings, load_settings

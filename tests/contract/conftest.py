@@ -13,7 +13,7 @@ import pytest
 
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
-from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore
+from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.guarded import (
     GuardedLifecycleStore,
     GuardedLongTermStore,
@@ -35,7 +35,7 @@ NEAR: dict[str, Callable[[RedisNearTermStore], NearTermStore]] = {
     "forwarding": ForwardingNear,
 }
 
-FAR: dict[str, Callable[[ClickHouseLongTermStore], LongTermStore]] = {
+FAR: dict[str, Callable[[ClickHouseLongTermStore], LongTermStore[DuePage]]] = {
     "clickhouse": lambda store: store,
     "guarded": lambda store: GuardedLongTermStore(store, _breaker("clickhouse")),
     "forwarding": ForwardingFar,
@@ -54,7 +54,9 @@ def near(request: pytest.FixtureRequest, store: RedisNearTermStore) -> NearTermS
 
 
 @pytest.fixture(params=sorted(FAR))
-def far(request: pytest.FixtureRequest, lt_store: ClickHouseLongTermStore) -> LongTermStore:
+def far(
+    request: pytest.FixtureRequest, lt_store: ClickHouseLongTermStore
+) -> LongTermStore[DuePage]:
     """The long-term store, as each implementation."""
     return FAR[request.param](lt_store)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event
-from delayline.ports import LongTermStore
+from delayline.ports import DuePage, LongTermStore
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -25,12 +26,12 @@ def _event(sid: str, days: float = 2, priority: int = 0) -> ScheduledEvent:
     )
 
 
-def _ids(events: list[ScheduledEvent]) -> list[str]:
-    return [e.schedule_id for e in events]
+def _ids(page: DuePage) -> list[str]:
+    return [e.schedule_id for e in page.events]
 
 
 class TestLongTermStore:
-    async def test_insert_once_per_id_and_read_back(self, far: LongTermStore) -> None:
+    async def test_insert_once_per_id_and_read_back(self, far: LongTermStore[Any]) -> None:
         original = _event("a", days=3, priority=7)
         assert await far.insert([original, _event("b")]) == [True, True]
         assert await far.insert([_event("a", days=9), _event("c")]) == [False, True]
@@ -39,7 +40,7 @@ class TestLongTermStore:
         assert await far.known(["a", "c", "missing"]) == {"a", "c"}
         assert (await far.counts())["pending"] == 3
 
-    async def test_due_after_pages_in_due_order(self, far: LongTermStore) -> None:
+    async def test_due_after_pages_in_due_order(self, far: LongTermStore[Any]) -> None:
         await far.insert(
             [
                 _event("late", days=5),
@@ -52,23 +53,23 @@ class TestLongTermStore:
         until = NOW + timedelta(days=6)
         page = await far.due_after(until, 2, None)
         assert _ids(page) == ["first", "high"]
-        last = page[-1]
+        last = page.events[-1]
         rest = await far.due_after(until, 10, (last.scheduled_at, last.priority, last.schedule_id))
         assert _ids(rest) == ["low", "late"]
         assert await far.next_due() == NOW + timedelta(days=1.5)
 
-    async def test_mark_queued_hands_events_over_once(self, far: LongTermStore) -> None:
+    async def test_mark_queued_hands_events_over_once(self, far: LongTermStore[Any]) -> None:
         await far.insert([_event("a"), _event("b"), _event("c")])
         until = NOW + timedelta(days=3)
         read = await far.due_after(until, 10, None)
         await far.cancel("b")  # changed after it was read
         assert await far.mark_queued(read) == ["b"]
-        assert await far.due_after(until, 10, None) == []
+        assert _ids(await far.due_after(until, 10, None)) == []
         queued = await far.get("a")
         assert queued is not None and queued.status is EventStatus.QUEUED
         assert (await far.counts())["queued"] == 2
 
-    async def test_cancel_takes_live_events_only(self, far: LongTermStore) -> None:
+    async def test_cancel_takes_live_events_only(self, far: LongTermStore[Any]) -> None:
         await far.insert([_event("a"), _event("b"), _event("c")])
         assert await far.cancel("a")
         assert not await far.cancel("a")
@@ -79,7 +80,7 @@ class TestLongTermStore:
         assert await far.cancel_live("b") is None
         assert await far.cancel_many(["a", "c", "missing"]) == {"c": EventStatus.PENDING}
 
-    async def test_reschedule_moves_pending_events(self, far: LongTermStore) -> None:
+    async def test_reschedule_moves_pending_events(self, far: LongTermStore[Any]) -> None:
         await far.insert([_event("a", days=2), _event("b", days=3), _event("c", days=4)])
         assert await far.reschedule("a", NOW + timedelta(days=5))
         moved = await far.get("a")
@@ -91,7 +92,7 @@ class TestLongTermStore:
         assert list(many) == ["c"]
         assert many["c"].scheduled_at == NOW + timedelta(days=6)
 
-    async def test_upsert_versions_an_id(self, far: LongTermStore) -> None:
+    async def test_upsert_versions_an_id(self, far: LongTermStore[Any]) -> None:
         first = _event("a")
         assert await far.upsert([first]) == [1]
         assert await far.upsert([first]) == [0]  # same content: unchanged
@@ -104,7 +105,7 @@ class TestLongTermStore:
         again = await far.get("a")
         assert again is not None and again.status is EventStatus.PENDING
 
-    async def test_supersede_cancels_the_live_version(self, far: LongTermStore) -> None:
+    async def test_supersede_cancels_the_live_version(self, far: LongTermStore[Any]) -> None:
         await far.insert([_event("a"), _event("b")])
         await far.cancel("b")
         assert await far.supersede(["a", "b", "missing"]) == {"a"}

@@ -121,7 +121,7 @@ async def test_two_concurrent_syncs_move_each_event_once(
     assert len(ids) == len(set(ids))
 
 
-class _CrashAfterRedis(ForwardingFar):
+class _CrashAfterRedis(ForwardingFar[DuePage]):
     """A long-term store whose first mark_queued dies, as a node killed mid-sync would."""
 
     def __init__(self, inner: ClickHouseLongTermStore) -> None:
@@ -160,7 +160,7 @@ async def test_sync_killed_between_redis_and_status_write(
     assert None not in stored
 
 
-class _CancelDuringSync(ForwardingFar):
+class _CancelDuringSync(ForwardingFar[DuePage]):
     """Cancels an event through the service right after the sync has read it."""
 
     def __init__(self, inner: ClickHouseLongTermStore) -> None:
@@ -175,7 +175,6 @@ class _CancelDuringSync(ForwardingFar):
         assert self.service is not None
         assert await self.service.cancel_event(self.victim)
         return page
-
 
 
 async def test_cancel_during_sync_never_fires(

@@ -12,7 +12,7 @@ The publisher is the exception: it never raises for unavailability; see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +28,7 @@ from delayline.ports import (
     LongTermStore,
     MessageSource,
     NearTermStore,
+    PageT,
     RekeyPage,
 )
 from delayline.resilience import CircuitBreaker
@@ -52,8 +53,14 @@ class GuardedNearTermStore(Generic[NearT]):
     async def known(self, ids: Sequence[str]) -> set[str]:
         return await self.breaker.call(self.inner.known, ids)
 
-    async def claim(self, now_us: int, limit: int, lease_seconds: float) -> Claim:
-        return await self.breaker.call(self.inner.claim, now_us, limit, lease_seconds)
+    async def claim(
+        self,
+        now_us: int,
+        limit: int,
+        lease_seconds: float,
+        shards: Collection[int] | None = None,
+    ) -> Claim:
+        return await self.breaker.call(self.inner.claim, now_us, limit, lease_seconds, shards)
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
         return await self.breaker.call(self.inner.ack, token, finished, now_us)
@@ -70,8 +77,10 @@ class GuardedNearTermStore(Generic[NearT]):
     async def reschedule(self, schedule_id: str, due_us: int) -> bool:
         return await self.breaker.call(self.inner.reschedule, schedule_id, due_us)
 
-    async def reap(self, now_us: int) -> int:
-        return await self.breaker.call(self.inner.reap, now_us)
+    async def reap(
+        self, now_us: int, limit: int = 1000, shards: Collection[int] | None = None
+    ) -> int:
+        return await self.breaker.call(self.inner.reap, now_us, limit, shards)
 
     async def get(self, schedule_id: str) -> ScheduledEvent | None:
         return await self.breaker.call(self.inner.get, schedule_id)
@@ -98,10 +107,10 @@ class GuardedNearTermStore(Generic[NearT]):
         return await self.breaker.call(self.inner.parked)
 
 
-class GuardedLongTermStore:
+class GuardedLongTermStore(Generic[PageT]):
     """A :class:`LongTermStore` (ClickHouse) behind a breaker."""
 
-    def __init__(self, inner: LongTermStore, breaker: CircuitBreaker) -> None:
+    def __init__(self, inner: LongTermStore[PageT], breaker: CircuitBreaker) -> None:
         self.inner = inner
         self.breaker = breaker
 
@@ -145,11 +154,11 @@ class GuardedLongTermStore:
 
     async def due_after(
         self, until: datetime, limit: int, after: tuple[datetime, int, str] | None
-    ) -> list[ScheduledEvent]:
+    ) -> PageT:
         return await self.breaker.call(self.inner.due_after, until, limit, after)
 
-    async def mark_queued(self, events: Sequence[ScheduledEvent]) -> list[str]:
-        return await self.breaker.call(self.inner.mark_queued, events)
+    async def mark_queued(self, page: PageT) -> list[str]:
+        return await self.breaker.call(self.inner.mark_queued, page)
 
     async def cleanup(self, older_than: datetime) -> int:
         return await self.breaker.call(self.inner.cleanup, older_than)

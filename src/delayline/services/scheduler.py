@@ -106,7 +106,7 @@ class SchedulerService:
         max_body_bytes: int = 1024 * 1024,
         rules: EventRules = DEFAULT_EVENT_RULES,
         default_max_delay_seconds: int = 86400,
-        far: LongTermStore | None = None,
+        far: LongTermStore[Any] | None = None,
         sync: SyncRunner | None = None,
         on_scheduled: ScheduledHook | None = None,
         lifecycle: LifecycleService | None = None,
@@ -128,7 +128,7 @@ class SchedulerService:
         return self._near
 
     @property
-    def far(self) -> LongTermStore | None:
+    def far(self) -> LongTermStore[Any] | None:
         """The ClickHouse tier, when configured."""
         return self._far
 
