@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from delayline.adapters.encryption import RekeyPage
+from delayline.ports import RekeyPage
 from delayline.services.rotation import KeyRotation
 
 

@@ -36,7 +36,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from delayline.domain.codec import UndecryptablePayload
-from delayline.ports import RekeyPage as RekeyPage  # the rotation port's result type
 
 MAGIC = 0xDC
 VERSION = 1

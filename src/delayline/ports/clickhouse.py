@@ -13,6 +13,8 @@ class ClickHouseQueries(Protocol):
     """SQL with bound parameters, Arrow in and out, on one database."""
 
     database: str
+    cluster: str
+    """The cluster DDL runs on (``ON CLUSTER``), or empty on a single node."""
 
     async def query(
         self,

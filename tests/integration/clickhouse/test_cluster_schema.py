@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from delayline.adapters.clickhouse.cluster_ddl import for_cluster
@@ -41,11 +42,19 @@ class Recorder:
     def __init__(self) -> None:
         self.statements: list[str] = []
 
-    async def query(self, sql: str, parameters: Any = None) -> list[Any]:
+    async def query(
+        self, sql: str, parameters: Any = None, *, column_formats: Any = None
+    ) -> list[Any]:
         return []
+
+    async def query_arrow(self, sql: str, parameters: Any = None) -> pa.Table:
+        raise AssertionError("migrations never read Arrow")
 
     async def command(self, sql: str, parameters: Any = None) -> None:
         self.statements.append(sql)
+
+    async def insert_arrow(self, table: str, data: pa.Table) -> None:
+        raise AssertionError("migrations never insert Arrow")
 
 
 async def test_migrations_on_a_cluster_create_replicated_local_and_distributed_tables() -> None:

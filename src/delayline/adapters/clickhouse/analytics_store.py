@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,7 @@ from delayline.adapters.clickhouse.analytics_schema import (
 )
 from delayline.domain.events import to_epoch_us, utc_now
 from delayline.domain.outcomes import ExecutionResult
+from delayline.ports import ClickHouseQueries
 
 Granularity = Literal["hour", "day"]
 
@@ -69,22 +70,6 @@ _RANGE = (
 )
 
 
-class AnalyticsClient(Protocol):
-    """What this adapter needs from the ClickHouse client (``ClickHouseClient``)."""
-
-    database: str
-
-    async def query(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Sequence[Any]]:
-        """Run a SELECT; its rows."""
-        ...
-
-    async def insert_arrow(self, table: str, data: pa.Table) -> None:
-        """Insert an Arrow table."""
-        ...
-
-
 class AnalyticsSchemaMissingError(RuntimeError):
     """The analytics tables are not there: the migrations have not been applied."""
 
@@ -95,7 +80,7 @@ class ClickHouseAnalyticsStore:
     The database is the client's own unless ``database`` names another.
     """
 
-    def __init__(self, client: AnalyticsClient, *, database: str | None = None) -> None:
+    def __init__(self, client: ClickHouseQueries, *, database: str | None = None) -> None:
         self._client = client
         self._db = database or client.database
 

@@ -9,8 +9,8 @@ so filters and paging apply to events, not rows (schema: ``migrations``, migrati
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -19,6 +19,7 @@ from delayline.adapters.encryption import PayloadCipher, open_columns, seal_colu
 from delayline.domain.codec import UndecryptablePayload
 from delayline.domain.events import ScheduledEvent, from_epoch_us
 from delayline.domain.outcomes import TRANSITION_STATUS, EventFilter, LifecycleEntry, Transition
+from delayline.ports import ClickHouseQueries
 
 _CHUNK_ROWS = 500
 _TS = pa.timestamp("us", tz="UTC")
@@ -71,24 +72,10 @@ _FOLDED = (
 (the first terminal transition, else the latest one) and its current due time."""
 
 
-class _Client(Protocol):
-    database: str
-
-    async def query(
-        self,
-        sql: str,
-        parameters: Mapping[str, Any] | None = None,
-        *,
-        column_formats: Mapping[str, str] | None = None,
-    ) -> Sequence[Sequence[Any]]: ...
-
-    async def insert_arrow(self, table: str, data: pa.Table) -> None: ...
-
-
 class ClickHouseLifecycleStore:
     """``{database}.event_lifecycle``: one row per transition (``run_migrations`` creates it)."""
 
-    def __init__(self, client: _Client, cipher: PayloadCipher | None = None) -> None:
+    def __init__(self, client: ClickHouseQueries, cipher: PayloadCipher | None = None) -> None:
         self._client = client
         self._cipher = cipher
         self._table = f"{client.database}.{LIFECYCLE_TABLE}"

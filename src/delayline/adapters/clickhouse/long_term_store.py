@@ -50,10 +50,9 @@ from delayline.adapters.clickhouse.rows import StoredRow, first_row, successor
 from delayline.adapters.clickhouse.sync_pages import DuePage, SyncPages
 from delayline.adapters.clickhouse.versions import (
     FINAL_SETTINGS,
-    Client,
     VersionedTable,
 )
-from delayline.adapters.encryption import SEALED_HEADERS, PayloadCipher, RekeyPage, sealed_key_id
+from delayline.adapters.encryption import SEALED_HEADERS, PayloadCipher, sealed_key_id
 from delayline.clock import SystemClock
 from delayline.domain.codec import UNREADABLE, UndecryptablePayload
 from delayline.domain.events import (
@@ -63,7 +62,7 @@ from delayline.domain.events import (
     from_epoch_us,
     to_epoch_us,
 )
-from delayline.ports import Clock
+from delayline.ports import ClickHouseQueries, Clock, RekeyPage
 
 __all__ = ["ClickHouseLongTermStore", "DuePage", "same_content"]
 
@@ -127,7 +126,10 @@ class ClickHouseLongTermStore:
     sync, cleanup and stats need. The table must exist (``run_migrations``)."""
 
     def __init__(
-        self, client: Client, cipher: PayloadCipher | None = None, clock: Clock | None = None
+        self,
+        client: ClickHouseQueries,
+        cipher: PayloadCipher | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._table = VersionedTable(client, cipher, clock or SystemClock())
         self._pages = SyncPages(self._table)

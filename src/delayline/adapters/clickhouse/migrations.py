@@ -53,10 +53,10 @@ projection (ids sorted by correlation id) answers look-ups by business key witho
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from delayline.adapters.clickhouse.cluster_ddl import for_cluster
 from delayline.domain.events import EventStatus
+from delayline.ports import ClickHouseQueries
 
 MIGRATIONS_TABLE = "schema_migrations"
 EVENTS_TABLE = "event_schedules"
@@ -152,15 +152,6 @@ CORE_MIGRATIONS: list[Migration] = [
 ]
 
 
-class _Client(Protocol):
-    database: str
-    cluster: str
-
-    async def query(self, sql: str, parameters: Any = None) -> Any: ...
-
-    async def command(self, sql: str, parameters: Any = None) -> Any: ...
-
-
 def all_migrations() -> list[Migration]:
     """Core migrations plus the analytics ones (when that module exists), sorted by version."""
     migrations = list(CORE_MIGRATIONS)
@@ -176,18 +167,18 @@ def all_migrations() -> list[Migration]:
     return sorted(migrations, key=lambda m: m[0])
 
 
-def statements_for(client: _Client, statement: str) -> list[str]:
+def statements_for(client: ClickHouseQueries, statement: str) -> list[str]:
     """``statement`` as it runs on ``client``'s deployment: itself on one node, its
     ``ON CLUSTER`` form (``cluster_ddl``) on a cluster."""
     return for_cluster(statement, client.cluster) if client.cluster else [statement]
 
 
-async def _run(client: _Client, statement: str) -> None:
+async def _run(client: ClickHouseQueries, statement: str) -> None:
     for one in statements_for(client, statement):
         await client.command(one)
 
 
-async def applied_versions(client: _Client) -> set[int]:
+async def applied_versions(client: ClickHouseQueries) -> set[int]:
     """Versions recorded in ``schema_migrations`` (creating that table if needed)."""
     db = client.database
     if client.cluster:
@@ -203,7 +194,7 @@ async def applied_versions(client: _Client) -> set[int]:
 
 
 async def run_migrations(
-    client: _Client,
+    client: ClickHouseQueries,
     *,
     ttl_days: int,
     progress: Callable[[str], None] | None = None,

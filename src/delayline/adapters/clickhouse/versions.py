@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
@@ -30,7 +30,7 @@ from delayline.adapters.clickhouse.rows import (
 )
 from delayline.adapters.encryption import PayloadCipher
 from delayline.domain.events import to_epoch_us
-from delayline.ports import Clock
+from delayline.ports import ClickHouseQueries, Clock
 
 BLOCK = "toUInt64(splitByChar('_', _part)[2])"
 """The first block number of the row's part."""
@@ -65,23 +65,6 @@ Stamp = tuple[int, str, int, int]
 """An event's current ``(version, status, scheduled_at µs, updated_at µs)``."""
 
 
-class Client(Protocol):
-    """What the ``event_schedules`` adapters need of :class:`ClickHouseClient`."""
-
-    database: str
-    cluster: str
-
-    async def query(
-        self, sql: str, parameters: Any = None, *, column_formats: Any = None
-    ) -> Sequence[Sequence[Any]]: ...
-
-    async def query_arrow(self, sql: str, parameters: Any = None) -> pa.Table: ...
-
-    async def command(self, sql: str, parameters: Any = None) -> Any: ...
-
-    async def insert_arrow(self, table: str, data: pa.Table) -> None: ...
-
-
 def chunks(items: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[str]]:
     """``items`` in slices of at most ``size``."""
     for start in range(0, len(items), size):
@@ -91,7 +74,9 @@ def chunks(items: Sequence[str], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[
 class VersionedTable:
     """``{database}.event_schedules`` through one client: current versions in, new ones out."""
 
-    def __init__(self, client: Client, cipher: PayloadCipher | None, clock: Clock) -> None:
+    def __init__(
+        self, client: ClickHouseQueries, cipher: PayloadCipher | None, clock: Clock
+    ) -> None:
         self.client = client
         self.name = f"{client.database}.{EVENTS_TABLE}"
         self.local_name = local_table(self.name, client.cluster)
