@@ -30,6 +30,7 @@ from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_connect import redis_servers
+from delayline.adapters.redis_ownership import RedisShardLeases
 from delayline.adapters.runtime_dir import DataDirInUseError as DataDirInUseError
 from delayline.adapters.runtime_dir import Endpoints, infrastructure
 from delayline.adapters.runtime_dir import read_runtime_file as read_runtime_file
@@ -37,6 +38,7 @@ from delayline.api.server import ApiServer, build_api_server, serving
 from delayline.clock import SystemClock
 from delayline.firing_process import FiringProcess
 from delayline.firing_runtime import FiringThread, LoopSink
+from delayline.firing_workers import FiringWorkers, check_workers
 from delayline.gauges import GaugeReaders, refresh_gauges
 from delayline.health import (
     DependencyHealth,
@@ -46,6 +48,7 @@ from delayline.health import (
     encryption_probe,
     firing_probe,
     ingress_probe,
+    shards_report,
 )
 from delayline.metrics import Metrics
 from delayline.ports import Clock
@@ -57,6 +60,10 @@ from delayline.settings import Settings
 from delayline.wiring import Wired, wire
 
 log = logging.getLogger(__name__)
+
+
+Firing = FiringThread | FiringProcess | FiringWorkers
+"""Where the dispatcher runs: a thread, a process, or ``--workers`` processes."""
 
 
 class NotStartedError(RuntimeError):
@@ -74,7 +81,7 @@ class Running:
     endpoints: Endpoints
     wired: Wired
     health: DependencyHealth
-    firing: FiringThread | FiringProcess | None = None
+    firing: Firing | None = None
     """The dispatcher (``fire``)."""
     consumer: DelayedEventsConsumer | None = None
     """The Kafka ingress (``ingest``)."""
@@ -123,6 +130,8 @@ class Application:
         self.settings = settings
         self.roles: frozenset[Role] = settings.roles if roles is None else parse_roles(roles)
         self.migrate = migrate
+        if "fire" in self.roles:
+            check_workers(settings.workers, settings.redis_shards)
         self.clock: Clock = clock or SystemClock()
         self.metrics = Metrics()
         self.sink = FanOutSink(MetricsSink(self.metrics))
@@ -149,6 +158,15 @@ class Application:
         if "ingest" in self.roles:
             names.append("kafka_consumer")
         return names
+
+    @property
+    def fires_in_thread(self) -> bool:
+        """Whether this process fires in a thread of its own (one worker, thread runtime)."""
+        return (
+            "fire" in self.roles
+            and self.settings.workers == 1
+            and self.settings.firing_runtime == "thread"
+        )
 
     @property
     def uses_kafka(self) -> bool:
@@ -288,7 +306,7 @@ class Application:
     ) -> KafkaEventPublisher | None:
         """A producer for the Kafka probe, unless the firing thread's serves (or no Kafka)."""
         s = self.settings
-        if not self.uses_kafka or ("fire" in self.roles and s.firing_runtime == "thread"):
+        if not self.uses_kafka or self.fires_in_thread:
             return None
         publisher = KafkaEventPublisher(
             producer_config(
@@ -304,13 +322,26 @@ class Application:
 
     async def _start_firing(
         self, stack: contextlib.AsyncExitStack, endpoints: Endpoints, wired: Wired
-    ) -> FiringThread | FiringProcess:
+    ) -> Firing:
         s = self.settings
         lifecycle = wired.lifecycle.recorder
-        firing: FiringThread | FiringProcess
-        if s.firing_runtime == "process":
-            if not isinstance(self.clock, SystemClock):
-                raise ValueError("a clock of its own needs SCHEDULES_FIRING_RUNTIME=thread")
+        firing: Firing
+        if not self.fires_in_thread and not isinstance(self.clock, SystemClock):
+            raise ValueError(
+                "a clock of its own needs SCHEDULES_FIRING_RUNTIME=thread and one worker"
+            )
+        if s.workers > 1:
+            firing = FiringWorkers(
+                s,
+                s.workers,
+                redis_url=endpoints.redis_url,
+                bootstrap_servers=endpoints.bootstrap_servers,
+                sink=self.sink,  # fed on this loop
+                lifecycle=lifecycle,
+                on_breaker_change=self._breaker_changed,
+                on_restart=self.metrics.firing_process_restarted,
+            )
+        elif s.firing_runtime == "process":
             firing = FiringProcess(
                 s,
                 redis_url=endpoints.redis_url,
@@ -335,6 +366,7 @@ class Application:
         # Pushed before starting: a start that fails half-way is stopped too.
         stack.push_async_callback(firing.stop, s.shutdown_timeout)
         await firing.start()
+        self.metrics.watch_ownership(lambda: firing.ownership)
         return firing
 
     async def _start_ingest(
@@ -366,7 +398,7 @@ class Application:
     def _health(
         self,
         wired: Wired,
-        firing: FiringThread | FiringProcess | None,
+        firing: Firing | None,
         consumer: DelayedEventsConsumer | None,
         publisher: KafkaEventPublisher | None,
     ) -> DependencyHealth:
@@ -391,15 +423,22 @@ class Application:
                 wired.near.parked, self.cipher.unreadable.snapshot
             )
         if firing is not None:
-            probes["firing"] = firing_probe(firing, s.firing_runtime)
+            runtime = f"{s.workers} workers" if s.workers > 1 else s.firing_runtime
+            probes["firing"] = firing_probe(firing, runtime)
         if consumer is not None:
             probes["ingress"] = ingress_probe(lambda: consumer.stats)
+        leases = RedisShardLeases(wired.redis, s.redis_key_prefix)
         return DependencyHealth(
             probes,
             breakers=lambda: {
                 **{n: b.state.value for n, b in self.breakers.items()},
                 **(firing.breaker_states if firing is not None else {}),
             },
+            shards=shards_report(
+                s.redis_shards,
+                lambda: leases.holders(range(s.redis_shards)),
+                lambda: firing.ownership if firing is not None else [],
+            ),
         )
 
     def _breaker_changed(self, name: str, state: str) -> None:

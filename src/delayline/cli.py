@@ -105,6 +105,15 @@ def serve(
             "or all (default: $SCHEDULES_ROLES, else all)."
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Firing worker processes, each owning its share of the shards (default: "
+            "$SCHEDULES_WORKERS, else 1: the dispatcher fires from a thread of this process).",
+        ),
+    ] = None,
 ) -> None:
     """Run the loops of this process's roles until SIGINT/SIGTERM, then drain gracefully."""
     from delayline.bootstrap import Application
@@ -119,7 +128,13 @@ def serve(
     except ValueError as exc:
         err.print(f"[red]--roles: {exc}[/red]")
         raise typer.Exit(2) from None
-    application = Application(settings, roles=chosen, migrate=not no_migrate)
+    if workers is not None:
+        settings = settings.model_copy(update={"workers": workers})
+    try:
+        application = Application(settings, roles=chosen, migrate=not no_migrate)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     try:
         asyncio.run(application.serve_forever())
     except Exception as exc:  # start-up failures: one clear line, not a trace
@@ -290,9 +305,14 @@ def show(
 
 @app.command()
 def stats(api_url: ApiUrl = None, api_key: ApiKey = None) -> None:
-    """Print the service's statistics."""
+    """Print the service's statistics, and the holder of each shard's lease."""
     with _api(_settings(), api_url, api_key) as client:
         result = _call(client, "GET", "/api/v1/schedules/monitoring/stats")
+        health: Any = None
+        with contextlib.suppress(httpx.HTTPError, ValueError):  # the stats stand on their own
+            health = client.get("/api/v1/schedules/monitoring/health").json()
+    if isinstance(health, dict) and "shards" in health:
+        result["shards"] = health["shards"]
     console.print_json(orjson.dumps(result).decode())
 
 

@@ -34,8 +34,11 @@ from delayline.domain.outcomes import ExecutionResult, LifecycleEntry
 from delayline.firing_runtime import (
     START_TIMEOUT_SECONDS,
     dispatcher_config,
+    fire_owned_shards,
     firing_clients,
+    first_shards,
     near_term_store,
+    shard_ownership,
 )
 from delayline.ports import LifecycleSink, OutcomeSink
 from delayline.resilience import CircuitBreaker
@@ -86,6 +89,13 @@ class FiringProcess:
         self.claims_in_flight = 0
         self.restarts = 0
         self.breaker_states: dict[str, str] = {}
+        self.ownership: list[dict[str, Any]] = []
+        """The status of the child's shard ownership (one node), sent every second."""
+
+    @property
+    def node_id(self) -> str:
+        """The node id the child fires as (its shard leases are held under it)."""
+        return self._settings.node_id
 
     @property
     def pid(self) -> int | None:
@@ -184,6 +194,8 @@ class FiringProcess:
                     self._on_breaker_change(message[1], message[2])
                 elif kind == "claims":
                     self.claims_in_flight = message[1]
+                elif kind == "ownership":
+                    self.ownership = [message[1]]
                 elif kind == "ready" and self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
                 elif kind == "failed" and self._ready is not None and not self._ready.done():
@@ -198,6 +210,7 @@ class FiringProcess:
         if process is not self._process:
             return
         self.claims_in_flight = 0
+        self.ownership = []
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(
                 RuntimeError(f"the firing process exited with code {process.exitcode}")
@@ -329,6 +342,10 @@ async def _run_child(
         ring = s.key_ring()
         cipher = None if ring is None else PayloadCipher(ring, UnreadableEvents())
         near = near_term_store(s, client, cipher)
+
+        def owned() -> frozenset[int]:  # the ownership below needs the dispatcher first
+            return ownership.owned()
+
         dispatcher = Dispatcher(
             GuardedNearTermStore(near, breakers["redis_firing"]),
             GuardedPublisher(publisher, breakers["kafka_producer"]),
@@ -336,7 +353,10 @@ async def _run_child(
             SystemClock(),
             dispatcher_config(s),
             lifecycle=out,
+            owned_shards=owned,
         )
+        ownership = shard_ownership(s, client, dispatcher)
+        await first_shards(ownership)
 
         def stop(reason: str) -> None:
             log.info("firing process draining (%s)", reason)
@@ -360,7 +380,9 @@ async def _run_child(
         reporter = asyncio.create_task(_report_claims(dispatcher, out))
         out.send(("ready",))
         try:
-            await dispatcher.run()
+            await fire_owned_shards(
+                dispatcher, ownership, lambda status: out.send(("ownership", status))
+            )
         finally:
             reporter.cancel()
             out.send(("claims", 0))

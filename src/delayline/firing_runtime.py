@@ -11,22 +11,26 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
+from typing import Any
 
 from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.guarded import GuardedNearTermStore, GuardedPublisher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_connect import RedisServers, redis_client, redis_servers
+from delayline.adapters.redis_ownership import RedisShardLeases
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.domain.outcomes import ExecutionResult
 from delayline.ports import Clock, LifecycleSink, OutcomeSink
 from delayline.resilience import CircuitBreaker
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
+from delayline.services.ownership import ShardOwnership
 from delayline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECONDS = 30.0
+OWNERSHIP_REPORT_SECONDS = 1.0
 
 __all__ = ["redis_client"]  # re-exported: callers build a one-server client from here
 
@@ -63,6 +67,54 @@ def firing_clients(
         )
     )
     return client, publisher
+
+
+def shard_ownership(s: Settings, servers: RedisServers, dispatcher: Dispatcher) -> ShardOwnership:
+    """This runtime's share of the shards, as node ``s.node_id``, under leases of
+    ``SCHEDULES_LEASE_SECONDS``; a shard handed back waits for ``dispatcher``'s claims there."""
+    return ShardOwnership(
+        RedisShardLeases(servers.control, s.redis_key_prefix),
+        s.node_id,
+        s.redis_shards,
+        lease_seconds=s.lease_seconds,
+        on_hand_back=dispatcher.hand_back,
+    )
+
+
+async def fire_owned_shards(
+    dispatcher: Dispatcher,
+    ownership: ShardOwnership,
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run the dispatcher over the shards ``ownership`` holds until it stops (drained), then
+    leave: every lease released at once, so the other nodes take the shards on their next tick.
+    ``report`` gets the ownership's status every second and once more at the end."""
+    stopping = asyncio.Event()
+
+    async def keep_reporting() -> None:
+        while not stopping.is_set():
+            report(ownership.status())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), OWNERSHIP_REPORT_SECONDS)
+
+    keeping = asyncio.create_task(ownership.run(stopping), name="shard-ownership")
+    reporting = asyncio.create_task(keep_reporting(), name="shard-ownership-report")
+    try:
+        await dispatcher.run()
+    finally:
+        stopping.set()
+        await asyncio.gather(keeping, reporting, return_exceptions=True)
+        await ownership.release_all()
+        report(ownership.status())
+
+
+async def first_shards(ownership: ShardOwnership) -> None:
+    """Take this node's first shards before it reports ready (a lone node then fires at once);
+    a failure here is retried by the ownership's own loop."""
+    try:
+        await ownership.rebalance_once()
+    except Exception as exc:
+        log.warning("taking the first shards failed (retried): %s", exc)
 
 
 def firing_pool_size(max_inflight_batches: int) -> int:
@@ -112,10 +164,8 @@ class FiringThread:
         producer_breaker: CircuitBreaker,
         lifecycle: LifecycleSink | None = None,
         cipher: PayloadCipher | None = None,
-        owned_shards: Callable[[], Collection[int]] | None = None,
     ) -> None:
         self._settings = settings
-        self._owned_shards = owned_shards
         self._cipher = cipher
         self._lifecycle = lifecycle
         self._redis_url = redis_url
@@ -130,6 +180,8 @@ class FiringThread:
         self._error: BaseException | None = None
         self.dispatcher: Dispatcher | None = None
         self.publisher: KafkaEventPublisher | None = None
+        self.ownership: list[dict[str, Any]] = []
+        """The status of this runtime's shard ownership (one node), refreshed every second."""
 
     @property
     def claims_in_flight(self) -> int:
@@ -180,6 +232,9 @@ class FiringThread:
             else:
                 log.exception("the firing thread failed")
 
+    def _report(self, status: dict[str, Any]) -> None:
+        self.ownership = [status]  # one assignment: read safely from the service's thread
+
     async def _run(self) -> None:
         s = self._settings
         self._loop = asyncio.get_running_loop()
@@ -189,17 +244,24 @@ class FiringThread:
             await publisher.start()
             self.publisher = publisher
             near = near_term_store(s, client, self._cipher)
-            self.dispatcher = Dispatcher(
+
+            def owned() -> frozenset[int]:  # the ownership below needs the dispatcher first
+                return ownership.owned()
+
+            dispatcher = Dispatcher(
                 GuardedNearTermStore(near, self._redis_breaker),
                 GuardedPublisher(publisher, self._producer_breaker),
                 self._sink,
                 self._clock,
                 dispatcher_config(s),
                 lifecycle=self._lifecycle,
-                owned_shards=self._owned_shards,
+                owned_shards=owned,
             )
+            ownership = shard_ownership(s, client, dispatcher)
+            await first_shards(ownership)
+            self.dispatcher = dispatcher
             self._ready.set()
-            await self.dispatcher.run()
+            await fire_owned_shards(dispatcher, ownership, self._report)
         finally:
             await publisher.stop(s.shutdown_timeout)
             await client.aclose()

@@ -97,6 +97,30 @@ def encryption_probe(
     return probe
 
 
+Holders = Callable[[], Awaitable[dict[int, tuple[str, int]]]]
+
+
+def shards_report(
+    shard_count: int, holders: Holders, nodes: Callable[[], list[dict[str, Any]]]
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The ``shards`` section of the health report: who holds each shard's lease now (any node
+    of the deployment), and the ownership of this process's firing nodes."""
+
+    async def report() -> dict[str, Any]:
+        held = await holders()
+        return {
+            "count": shard_count,
+            "holders": {
+                str(shard): f"{node}:{token}" if shard in held else None
+                for shard in range(shard_count)
+                for node, token in [held.get(shard, ("", 0))]
+            },
+            "this_process": nodes(),
+        }
+
+    return report
+
+
 class MetricsSink:
     """An outcome sink counting fired events and their lateness."""
 
@@ -141,9 +165,11 @@ class DependencyHealth:
         *,
         required: frozenset[str] = frozenset({"redis"}),
         breakers: Callable[[], dict[str, str]] | None = None,
+        shards: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         timeout: float = 2.0,
     ) -> None:
         self._probes = probes
+        self._shards = shards
         self._required = required
         self._breakers = breakers or dict
         self._timeout = timeout
@@ -167,9 +193,16 @@ class DependencyHealth:
         deps = dict(zip(names, results, strict=True))
         serving = all(deps[n]["status"] in {"up", "full"} for n in self._required if n in deps)
         healthy = all(d["status"] == "up" for d in deps.values())
-        return {
+        report: dict[str, Any] = {
             "status": "ok" if healthy else ("degraded" if serving else "down"),
             "serving": serving,
             "dependencies": deps,
             "breakers": self._breakers(),
         }
+        if self._shards is not None:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    report["shards"] = await self._shards()
+            except Exception as exc:  # the dependencies above say why
+                report["shards"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        return report

@@ -8,7 +8,7 @@ create unbounded series.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -285,6 +285,11 @@ class Metrics:
         """Count one unexpected end of the dispatcher's process (it is started again)."""
         self.firing_process_restarts.inc()
 
+    def watch_ownership(self, read: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        """Expose the shard ownership of this process's firing nodes, read at scrape time
+        (``ShardOwnership.status()`` of each)."""
+        self.registry.register(_OwnershipCollector(read))
+
     # --- exposition ------------------------------------------------------------------------------
     def render(self) -> bytes:
         """Every metric in the Prometheus text format (see :data:`CONTENT_TYPE`)."""
@@ -321,3 +326,43 @@ class _IngressCollector(Collector):
             "Seconds the batch in hand has been waiting to be processed (0: not stalled).",
             value=float(stats["stalled_seconds"]),
         )
+
+
+OWNERSHIP_COUNTERS = {
+    "acquisitions": "Shard leases taken (at start, on a join, or from a node gone).",
+    "lease_losses": "Shard leases lost without handing them back (expired or taken over).",
+    "hand_backs": "Shards handed back to another node on a membership change.",
+}
+
+
+class _OwnershipCollector(Collector):
+    """Owned shards and lease counters per firing node of this process."""
+
+    def __init__(self, read: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self._read()
+        owned = GaugeMetricFamily(
+            f"{NAMESPACE}_owned_shards",
+            "Near-term shards this firing node holds a lease on and claims from.",
+            labels=["node"],
+        )
+        live = GaugeMetricFamily(
+            f"{NAMESPACE}_live_nodes",
+            "Firing nodes alive in the membership, as this node last saw it.",
+            labels=["node"],
+        )
+        counters = {
+            name: CounterMetricFamily(f"{NAMESPACE}_shard_{name}", doc, labels=["node"])
+            for name, doc in OWNERSHIP_COUNTERS.items()
+        }
+        for status in statuses:
+            node = str(status["node_id"])
+            owned.add_metric([node], len(status["owned"]))
+            live.add_metric([node], status["live_nodes"])
+            for name, family in counters.items():
+                family.add_metric([node], status[name])
+        yield owned
+        yield live
+        yield from counters.values()

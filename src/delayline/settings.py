@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     firing_runtime: Literal["process", "thread"] = "thread"
     """Where the dispatcher runs: its own event-loop thread in the service's process, or its
     own process (no request handling shares its GIL)."""
+    workers: int = Field(1, ge=1, le=256)
+    """Firing worker processes of ``delayline serve`` (``--workers``). 1: the dispatcher runs as
+    ``firing_runtime`` says. N ≥ 2: N processes fire, each owning its share of the
+    ``redis_shards`` shards (N may not exceed them), while this process serves the API, ingress,
+    sync and analytics."""
     claim_batch_size: int = Field(100, gt=0, le=10_000)
     max_inflight_batches: int = Field(16, gt=0)
     lease_seconds: float = Field(30, gt=0)

@@ -17,8 +17,9 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from delayline.adapters.redis_connect import RedisClient
 
 
 def _load(name: str) -> str:
@@ -40,7 +41,7 @@ def _text(value: Any) -> str:
 class RedisShardLeases:
     """Membership and fenced shard leases under the control tag ``{prefix:ctl}``."""
 
-    def __init__(self, client: Redis, prefix: str = "delayline"):
+    def __init__(self, client: RedisClient, prefix: str = "delayline"):
         self._redis = client
         self.tag = "{" + prefix + ":ctl}"
         self.nodes_key = f"{self.tag}:nodes"

@@ -103,12 +103,25 @@ class Dispatcher:
         """Per claim in flight (by claim number): the fire time of its earliest event not yet
         handed to the producer (``inf``: none left)."""
         self._handed = asyncio.Condition()
+        self._stepping = asyncio.Lock()
+        """Held by each step of the claim loop (see :meth:`hand_back`)."""
 
     def _now_us(self) -> int:
         return to_epoch_us(self._clock.now())
 
     def _shards(self) -> Collection[int] | None:
         return None if self._owned_shards is None else self._owned_shards()
+
+    async def hand_back(self, shards: Collection[int]) -> None:
+        """Wait until no claim that may hold events of ``shards`` is in flight.
+
+        Called once ``shards`` are gone from ``owned_shards``: the steps after the one under
+        way leave them out, so the batches claimed up to its end are the last ones there."""
+        self._wake.set()  # a step asleep ends now
+        async with self._stepping:
+            batches = list(self._batches)
+        if batches:
+            await asyncio.gather(*batches, return_exceptions=True)
 
     def wake(self) -> None:
         """Re-evaluate the next due time now (called by the wake-up listener)."""
@@ -128,7 +141,8 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._step()
+                    async with self._stepping:
+                        await self._step()
                 except Exception as exc:  # a store outage must not end the loop
                     log.warning("dispatcher step failed (%s); retrying", exc)
                     await self._sleep(min(1.0, self._config.max_sleep_seconds))
