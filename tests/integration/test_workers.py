@@ -8,15 +8,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from delayline.adapters.embedded import EmbeddedTansu
-from tests.integration.test_firing_process import Served, _alive, _wait_for, token  # noqa: F401
+from tests.integration.test_firing_process import Served, _alive, _wait_for
 from tests.support import TopicReader
+
+
+@pytest.fixture
+def token() -> str:
+    return uuid.uuid4().hex[:10]
 
 
 def _shards(served: Served) -> dict[str, Any]:
