@@ -38,6 +38,7 @@ from bench import (
     precision,
     scheduling,
     sharding,
+    workers,
 )
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
@@ -58,6 +59,7 @@ FULL: dict[str, Any] = {
     "flood": {"rate": 200, "duration": 20.0, "clients": 8},
     "encryption": {"n": 50_000},
     "sharding": {"n": 100_000, "shard_counts": (1, 4, 16)},
+    "workers": {"n": 100_000, "shard_counts": (1, 4, 16)},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -72,6 +74,7 @@ QUICK: dict[str, Any] = {
     "flood": {"rate": 100, "duration": 3.0, "clients": 2},
     "encryption": {"n": 2_000},
     "sharding": {"n": 2_000, "shard_counts": (1, 4)},
+    "workers": {"n": 2_000, "shard_counts": (1, 4)},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -127,6 +130,7 @@ def _scenario_runners(
         "flood": lambda: flood.run(url, boot, chdb_dsn, **sizes["flood"]),
         "encryption": lambda: encryption.run(url, boot, sizes["encryption"]["n"]),
         "sharding": lambda: sharding.run(url, boot, **sizes["sharding"]),
+        "workers": lambda: workers.run(url, boot, **sizes["workers"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }

@@ -48,7 +48,7 @@ def _node_env(
     return env
 
 
-def _holders(node: ServiceProcess) -> dict[str, str]:
+def _holders(node: ServiceProcess) -> dict[str, str | None]:
     """Shard → the node id holding its lease (None: free), as ``node`` reports it."""
     report = httpx.get(node.base_url + HEALTH, timeout=5).json()
     return {
