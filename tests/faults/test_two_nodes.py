@@ -48,11 +48,11 @@ def _node_env(
     return env
 
 
-def _holders(node: ServiceProcess) -> dict[str, str | None]:
-    """Shard → the node id holding its lease (None: free), as ``node`` reports it."""
+def _holders(node: ServiceProcess) -> dict[str, str]:
+    """Shard → the node id holding its lease ("": free), as ``node`` reports it."""
     report = httpx.get(node.base_url + HEALTH, timeout=5).json()
     return {
-        shard: value.rpartition(":")[0] if value else None
+        shard: str(value).rpartition(":")[0] if value else ""
         for shard, value in report["shards"]["holders"].items()
     }
 
