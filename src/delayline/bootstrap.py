@@ -32,7 +32,12 @@ from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_connect import redis_servers
 from delayline.adapters.redis_ownership import RedisShardLeases
 from delayline.adapters.runtime_dir import DataDirInUseError as DataDirInUseError
-from delayline.adapters.runtime_dir import Endpoints, infrastructure
+from delayline.adapters.runtime_dir import (
+    Endpoints,
+    data_dir_node_id,
+    infrastructure,
+    owns_data_dir,
+)
 from delayline.adapters.runtime_dir import read_runtime_file as read_runtime_file
 from delayline.api.server import ApiServer, build_api_server, serving
 from delayline.clock import SystemClock
@@ -127,8 +132,15 @@ class Application:
         clock: Clock | None = None,
         migrate: bool = True,
     ) -> None:
-        self.settings = settings
         self.roles: frozenset[Role] = settings.roles if roles is None else parse_roles(roles)
+        if "node_id" not in settings.model_fields_set and owns_data_dir(
+            settings, kafka=bool(self.roles & {"fire", "ingest"})
+        ):
+            # The data-directory lock makes this process the only one of its directory, so
+            # the id can outlive it: restarted after a crash, it takes its shard leases back
+            # at once instead of waiting for them to expire.
+            settings = settings.model_copy(update={"node_id": data_dir_node_id(settings.data_dir)})
+        self.settings = settings
         self.migrate = migrate
         if "fire" in self.roles:
             check_workers(settings.workers, settings.redis_shards)

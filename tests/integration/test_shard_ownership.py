@@ -267,3 +267,22 @@ async def test_a_node_cut_off_from_redis_stops_claiming_at_its_local_deadline(
         await sampler.stop()
         await cut_client.aclose()
     assert sampler.violations == []
+
+
+async def test_a_restarted_node_takes_its_own_leases_back_at_once(
+    leases: RedisShardLeases,
+) -> None:
+    """Leases held under a node id go back to that id at once, with a larger token (its
+    previous process is gone: ids are unique among running processes); another id waits."""
+    first = await leases.acquire("node-a", range(SHARDS), ttl_seconds=600)
+    assert sorted(first) == list(range(SHARDS))
+    assert await leases.acquire("node-b", range(SHARDS), ttl_seconds=600) == {}
+    again = await leases.acquire("node-a", range(SHARDS), ttl_seconds=600)
+    assert sorted(again) == list(range(SHARDS))
+    assert all(again[shard] > first[shard] for shard in range(SHARDS))
+    holders = await leases.holders(range(SHARDS))
+    assert {shard: holder for shard, (holder, _token) in holders.items()} == dict.fromkeys(
+        range(SHARDS), "node-a"
+    )
+    # a node id that only starts like another's is another node
+    assert await leases.acquire("node-", range(SHARDS), ttl_seconds=600) == {}

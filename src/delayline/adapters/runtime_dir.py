@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,12 @@ def owns_data_dir(settings: Settings, *, kafka: bool) -> bool:
         or (kafka and settings.kafka_bootstrap_servers is None)
         or (chdb is not None and Path(chdb).is_relative_to(data_dir))
     )
+
+
+def data_dir_node_id(data_dir: Path) -> str:
+    """The node id of the process that owns ``data_dir``: the host and a digest of the path."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}-{digest}"
 
 
 @contextlib.contextmanager
