@@ -270,6 +270,8 @@ class Application:
         await wired.near.inner.check_shard_count()  # refuses a count other than the recorded one
         await wired.lifecycle.start()
         stack.push_async_callback(wired.lifecycle.close)  # flushes the last transitions
+        await wired.audit.start()
+        stack.push_async_callback(wired.audit.close)  # flushes the last audit entries
         await wired.analytics.initialize()
         stack.push_async_callback(wired.analytics.close)  # flushes the last results
         if s.analytics_enabled:
@@ -308,7 +310,8 @@ class Application:
                 analytics=wired.analytics if s.analytics_enabled else None,
                 health=health,
                 metrics=self.metrics,
-                rotation=wired.rotation,
+                rotation=wired.audited_rotation,
+                audit=wired.audit,
             )
             await stack.enter_async_context(serving(api_server, shutdown_timeout=timeout))
         return Running(endpoints, wired, health, firing, consumer, source, publisher, api_server)

@@ -21,9 +21,11 @@ from delayline.adapters.embedded import EmbeddedValkey
 from delayline.adapters.redis_connect import redis_servers
 from delayline.adapters.redis_reshard import ReshardRefused, move_to_shards, recorded_shards
 from delayline.adapters.runtime_dir import data_dir_lock
+from delayline.api.keys import KEY_PREFIX, ApiKeyEntry, hash_key, new_key, parse_scopes
 from delayline.bootstrap import DataDirInUseError, read_runtime_file
 from delayline.domain.events import body_view, new_schedule_id
 from delayline.domain.limits import due_after
+from delayline.domain.tenancy import DEFAULT_TENANT, check_tenant
 from delayline.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Delayline: delayed events fired to Kafka on time.", no_args_is_help=True)
@@ -54,8 +56,6 @@ def _settings() -> Settings:
 def _api(settings: Settings, api_url: str | None, api_key: str | None) -> httpx.Client:
     base = api_url or f"http://{settings.api_host}:{settings.api_port}"
     key = api_key or os.environ.get("DELAYLINE_API_KEY")
-    if key is None and settings.api_keys:
-        key = settings.api_keys[0].get_secret_value()
     headers = {"X-API-Key": key} if key else {}
     return httpx.Client(base_url=base, headers=headers, timeout=30)
 
@@ -460,6 +460,41 @@ def _print_fired(msg: Any, read_at: float) -> None:
         f"{readable_body(msg.value() or b'')}",
         flush=True,
     )
+
+
+api_key_app = typer.Typer(help="API keys: make a new one.", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+def api_key_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")] = DEFAULT_TENANT,
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: read, schedule, admin.")
+    ] = "read,schedule",
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="Name of the key in the audit trail.")
+    ] = None,
+) -> None:
+    """Print a new random key (once: it is stored nowhere) and its SCHEDULES_API_KEYS entry
+    (its SHA-256, never the key)."""
+    try:
+        check_tenant(tenant)
+        wanted = parse_scopes(scopes)
+        key = new_key()
+        entry = ApiKeyEntry(
+            id=key_id or f"{tenant}-{key[len(KEY_PREFIX) : len(KEY_PREFIX) + 6]}",
+            tenant=tenant,
+            scopes=wanted,
+            sha256=hash_key(key),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).splitlines()[-1]) from None
+    doc = entry.model_dump(mode="json")
+    doc["scopes"] = sorted(doc["scopes"])
+    console.print(f"key (shown once; give it as X-API-Key): {key}", soft_wrap=True, highlight=False)
+    console.print("add to SCHEDULES_API_KEYS (a JSON list):", highlight=False)
+    print(orjson.dumps(doc).decode(), flush=True)
 
 
 def readable_body(value: bytes, limit: int = 200) -> str:

@@ -26,6 +26,7 @@ OUTCOMES = ("success", "error", "timeout", "skipped")
 SYNC_RESULTS = ("success", "error")
 BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+AUTH_FAILURE_REASONS = ("missing", "invalid", "forbidden")
 OTHER = "other"
 
 # Firing lateness: fine below 10 ms (where the dispatcher should live), coarse up to a minute
@@ -169,7 +170,9 @@ class Metrics:
         )
         self.auth_failures = Counter(
             "auth_failures",
-            "HTTP requests refused for a missing or wrong API key.",
+            "HTTP requests refused: no API key or an unknown one (401), or a key lacking the "
+            "route's scope (403).",
+            ["reason"],
             namespace=ns,
             registry=reg,
         )
@@ -273,9 +276,9 @@ class Metrics:
         ).inc()
         self.http_request_duration.labels(route=route).observe(max(duration_seconds, 0.0))
 
-    def auth_failed(self) -> None:
-        """Count one request refused for a missing or wrong API key."""
-        self.auth_failures.inc()
+    def auth_failed(self, reason: str) -> None:
+        """Count one refused request: ``missing``, ``invalid`` (401) or ``forbidden`` (403)."""
+        self.auth_failures.labels(reason=_pick(reason, AUTH_FAILURE_REASONS)).inc()
 
     def undecryptable(self, tier: str, key_id: str, n: int = 1) -> None:
         """Count ``n`` events of ``tier`` whose payload key ``key_id`` could not open."""

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from delayline.adapters.encryption import KeyRing, KeyRingError, parse_key_ring
+from delayline.api.keys import ApiKeyEntry, check_unique_ids
 from delayline.domain.events import DEFAULT_MAX_MESSAGE_BYTES, EventRules
 from delayline.kafka_security import (
     SaslMechanism,
@@ -153,8 +154,10 @@ class Settings(BaseSettings):
     # --- HTTP ----------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
-    api_keys: list[SecretStr] = Field(default_factory=list)
-    """When set, every endpoint but the open ones needs ``X-API-Key`` or a bearer token."""
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    """JSON list of ``{"id", "tenant", "scopes", "sha256"}`` (``delayline api-key create``
+    prints one). When set, every endpoint but the open ones needs one of these keys in
+    ``X-API-Key`` or as a bearer token. Only hashes: the keys themselves are never stored."""
     api_allow_unauthenticated: bool = False
     """Serve a non-loopback ``api_host`` without ``api_keys`` (refused unless set)."""
     api_open_health: bool = True
@@ -196,6 +199,11 @@ class Settings(BaseSettings):
         if value == 0:
             raise ValueError("must be -1 (the broker's default) or at least 1")
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: list[ApiKeyEntry]) -> list[ApiKeyEntry]:
+        return check_unique_ids(value)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
@@ -316,10 +324,13 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
+            if len(err["loc"]) > 1 and err["loc"][0] == "api_keys":  # an entry of the list
+                index, *inner = err["loc"][1:]
+                name = f"{ENV_PREFIX}API_KEYS[{index}]" + "".join(f".{p}" for p in inner)
             if not err["loc"]:
                 problems.append(str(err["msg"]).removeprefix("Value error, "))
             elif str(err["loc"][0]) in _SECRET_FIELDS:
-                problems.append(f"{name}: {err['msg']}")
+                problems.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
             else:
                 problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

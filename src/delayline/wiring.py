@@ -7,11 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from delayline.adapters.clickhouse.analytics_store import ClickHouseAnalyticsStore
+from delayline.adapters.clickhouse.audit_store import ClickHouseAuditStore
 from delayline.adapters.clickhouse.client import ClickHouseClient
 from delayline.adapters.clickhouse.lifecycle_store import ClickHouseLifecycleStore
 from delayline.adapters.clickhouse.long_term_store import ClickHouseLongTermStore, DuePage
 from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.guarded import (
+    GuardedAuditStore,
     GuardedLifecycleStore,
     GuardedLongTermStore,
     GuardedNearTermStore,
@@ -24,6 +26,7 @@ from delayline.metrics import Metrics
 from delayline.ports import Clock, RekeyableTier
 from delayline.resilience import CircuitBreaker
 from delayline.services.analytics import AnalyticsRecorder, ScheduleAnalyticsService
+from delayline.services.audit import AuditedRotation, AuditRecorder, AuditService
 from delayline.services.lifecycle import LifecycleRecorder, LifecycleService
 from delayline.services.rotation import KeyRotation
 from delayline.services.scheduler import SchedulerService
@@ -45,6 +48,23 @@ class Wired:
     analytics: ScheduleAnalyticsService
     analytics_recorder: AnalyticsRecorder
     rotation: KeyRotation | None
+    audit: AuditService
+    audited_rotation: AuditedRotation | None
+    """The rotation as the API starts it: each step and its end in the audit trail."""
+
+
+def build_audit(
+    clickhouse: ClickHouseClient, breaker: CircuitBreaker, settings: Settings, clock: Clock
+) -> AuditService:
+    """The audit trail in ClickHouse: reads answer 503 while it is down, writes wait in the
+    recorder's buffer."""
+    store = ClickHouseAuditStore(clickhouse)
+    recorder = AuditRecorder(
+        store,
+        batch_size=settings.analytics_batch_size,
+        flush_interval=settings.analytics_flush_interval,
+    )
+    return AuditService(GuardedAuditStore(store, breaker), recorder, clock)
 
 
 def wire(
@@ -111,6 +131,12 @@ def wire(
         enabled=s.analytics_enabled,
     )
     tiers: dict[str, RekeyableTier] = {"redis": near, "clickhouse": far}
+    audit = build_audit(clickhouse, breakers["clickhouse"], s, clock)
+    rotation = audited_rotation = None
+    if cipher is not None:
+        audited_rotation = AuditedRotation(audit)
+        rotation = KeyRotation(tiers, cipher.ring.current, on_step=audited_rotation.step)
+        audited_rotation.attach(rotation)
     return Wired(
         redis=redis,
         clickhouse=clickhouse,
@@ -123,5 +149,7 @@ def wire(
             analytics_store, recorder=recorder, enabled=s.analytics_enabled
         ),
         analytics_recorder=recorder,
-        rotation=None if cipher is None else KeyRotation(tiers, cipher.ring.current),
+        rotation=rotation,
+        audit=audit,
+        audited_rotation=audited_rotation,
     )

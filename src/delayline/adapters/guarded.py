@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from delayline.domain.audit import AuditEntry, AuditQuery
 from delayline.domain.events import EventStatus, ScheduledEvent
 from delayline.domain.outcomes import Delivery, EventFilter, LifecycleEntry
 from delayline.errors import DependencyUnavailable, ErrorClass, classify
 from delayline.ports import (
+    AuditStore,
     Claim,
     DelayedMessage,
     EventPublisher,
@@ -185,6 +187,20 @@ class GuardedLifecycleStore:
 
     async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
         return await self.breaker.call(self.inner.find, match, after=after, limit=limit)
+
+
+class GuardedAuditStore:
+    """An :class:`AuditStore` behind a breaker (reads answer 503 while it is open)."""
+
+    def __init__(self, inner: AuditStore, breaker: CircuitBreaker) -> None:
+        self.inner = inner
+        self.breaker = breaker
+
+    async def write_entries(self, entries: Sequence[AuditEntry]) -> None:
+        await self.breaker.call(self.inner.write_entries, entries)
+
+    async def find(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self.breaker.call(self.inner.find, query)
 
 
 class GuardedMessageSource:

@@ -6,7 +6,8 @@ whose outcome is unknown (sent, no answer) 504 with the schedule ids to retry wi
 bug.
 
 Middleware, outermost first: HTTP metrics, API-key check (from the request head: an
-unauthenticated body is never read), body limit (declared size refused before reading, the rest
+unauthenticated body is never read; each route then checks its scope, 403 when the key lacks
+it), body limit (declared size refused before reading, the rest
 read under a size and time bound).
 """
 
@@ -19,13 +20,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from delayline.api.auth import WWW_AUTHENTICATE, ApiKeyAuth, AuthenticationError, AuthMiddleware
+from delayline.api.audit_routes import AuditLog, audit_router
+from delayline.api.auth import (
+    WWW_AUTHENTICATE,
+    ApiKeyAuth,
+    AuthenticationError,
+    AuthMiddleware,
+    ForbiddenError,
+    requires,
+)
+from delayline.api.keys import ApiKeyEntry
+from delayline.api.keys import Scope as KeyScope
 from delayline.api.routes_monitoring import PREFIX as MONITORING
 from delayline.api.routes_monitoring import monitoring_router
 from delayline.api.routes_schedules import schedules_router
@@ -52,20 +63,22 @@ def create_app(
     analytics: AnalyticsApi | None,
     health: HealthCheck,
     metrics: Metrics,
-    api_keys: Sequence[str],
+    api_keys: Sequence[ApiKeyEntry],
     open_health: bool = True,
     open_metrics: bool = True,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     rotation: KeyRotator | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
     """The HTTP API over ``service``.
 
-    ``api_keys`` empty: no authentication. Otherwise every endpoint needs one of the keys except
-    the documentation, and health and metrics when ``open_health``/``open_metrics``; the key is
-    checked before the body is read. ``analytics`` None: the analytics endpoints answer 404
-    (analytics disabled). Requests over ``max_request_bytes`` get 413; a body not received
-    within ``body_timeout`` seconds gets 408.
+    ``api_keys`` empty: no authentication, every caller is the default tenant's admin.
+    Otherwise every endpoint needs one of the keys except the documentation, and health and
+    metrics when ``open_health``/``open_metrics``; the key is checked before the body is read,
+    its scope by the route. ``audit`` None: nothing is audited and ``/api/v1/audit`` is 404.
+    ``analytics`` None: the analytics endpoints answer 404 (analytics disabled). Requests over
+    ``max_request_bytes`` get 413; a body not received within ``body_timeout`` seconds gets 408.
     """
     app = FastAPI(
         title="Delayline",
@@ -73,7 +86,9 @@ def create_app(
         version="0.1.0",
     )
     auth = ApiKeyAuth(api_keys, metrics)
-    guard = [Depends(auth)] if auth.enabled else []
+    reader, scheduler, admin = (
+        requires(auth, s) for s in (KeyScope.READ, KeyScope.SCHEDULE, KeyScope.ADMIN)
+    )
     # Monitoring first: the schedules router's /{schedule_id} matches any path below it.
     app.include_router(
         monitoring_router(
@@ -81,13 +96,16 @@ def create_app(
             analytics=analytics,
             health=health,
             metrics=metrics,
-            auth=guard,
+            reader=reader,
+            admin=admin,
             open_health=open_health,
             open_metrics=open_metrics,
             rotation=rotation,
+            audit=audit,
         )
     )
-    app.include_router(schedules_router(service, guard))
+    app.include_router(audit_router(audit, admin))
+    app.include_router(schedules_router(service, reader=reader, scheduler=scheduler, audit=audit))
     _install_error_handlers(app)
     # Added last = outermost: requests refused by the key check or the body limit are counted.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, timeout=body_timeout)
@@ -148,6 +166,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, AuthenticationError)
         return _error(401, exc.message, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
 
+    async def forbidden(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ForbiddenError)
+        return _error(403, exc.message)
+
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details: list[dict[str, str | None]] = []
@@ -206,6 +228,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UndecryptablePayload, undecryptable)
     app.add_exception_handler(InvalidEventError, invalid_event)
     app.add_exception_handler(AuthenticationError, unauthenticated)
+    app.add_exception_handler(ForbiddenError, forbidden)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(OutcomeUnknown, outcome_unknown)

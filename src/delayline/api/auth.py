@@ -1,9 +1,12 @@
-"""API-key authentication: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``.
+"""API-key authentication and scopes: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``.
 
-:class:`AuthMiddleware` checks the key from the request head, before anything reads the body, so
-an unauthenticated request costs no more than its headers. The presented key is compared in
-constant time with every configured key (no early exit, so the timing says nothing about which
-key nearly matched). Keys are never logged nor echoed.
+:class:`AuthMiddleware` finds the caller from the request head, before anything reads the body,
+so an unauthenticated request costs no more than its headers: no key is 401, a key that is not
+configured 401. It leaves the caller (:class:`Principal`) in the request's state; each route
+then asks for the scope it needs through :func:`requires` (403 when the key lacks it). The
+presented key's SHA-256 is compared in constant time with every configured hash (no early
+exit, so the timing says nothing about which key nearly matched). Keys are never logged nor
+echoed. With no key configured every request is the default tenant's admin.
 """
 
 from __future__ import annotations
@@ -12,76 +15,112 @@ import hmac
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Annotated
 
-from fastapi import Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from delayline.api.keys import ANONYMOUS_ADMIN, ApiKeyEntry, Principal, hash_key
+from delayline.api.keys import Scope as KeyScope
 from delayline.metrics import Metrics
 
 API_KEY_HEADER = "X-API-Key"
 WWW_AUTHENTICATE = 'Bearer realm="delayline"'
+PRINCIPAL = "principal"
+"""The key of the caller in the ASGI scope's ``state``."""
 
-# auto_error=False: a missing or malformed header reaches __call__, which answers one clear 401.
-_api_key_header = APIKeyHeader(
-    name=API_KEY_HEADER, auto_error=False, description="One of the configured API keys"
-)
-_bearer = HTTPBearer(auto_error=False, description="One of the configured API keys")
+# auto_error=False: a missing or malformed header is the middleware's business (one clear 401).
+_api_key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="An API key")
+_bearer = HTTPBearer(auto_error=False, description="An API key")
 
 
 class AuthenticationError(Exception):
     """The request has no valid API key (answered 401 with ``WWW-Authenticate``)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
+
+
+class ForbiddenError(Exception):
+    """The key is valid but lacks the scope the route needs (answered 403)."""
+
+    def __init__(self, scope: KeyScope) -> None:
+        super().__init__(f"this API key lacks the {scope.value!r} scope")
+        self.message = str(self)
 
 
 class ApiKeyAuth:
-    """A FastAPI dependency that admits requests carrying one of ``keys``."""
+    """Tells the caller from a presented key, against the configured keys' hashes."""
 
-    def __init__(self, keys: Sequence[str], metrics: Metrics) -> None:
-        self._keys = [key.encode("utf-8") for key in keys if key]
+    def __init__(self, keys: Sequence[ApiKeyEntry], metrics: Metrics) -> None:
+        self._keys = [(entry, bytes.fromhex(entry.sha256)) for entry in keys]
         self._metrics = metrics
 
     @property
     def enabled(self) -> bool:
-        """True when at least one key is configured (otherwise the API is open)."""
+        """True when at least one key is configured (otherwise every caller is admin)."""
         return bool(self._keys)
 
-    def is_valid(self, candidate: str) -> bool:
-        """Whether ``candidate`` equals one of the keys, compared in constant time."""
-        raw = candidate.encode("utf-8", "surrogateescape")
-        matched = False
-        for key in self._keys:
-            # Compare with every key, without short-circuit.
-            matched |= hmac.compare_digest(raw, key)
-        return matched
+    def find(self, candidate: str) -> ApiKeyEntry | None:
+        """The key whose hash is ``candidate``'s, compared in constant time with every one."""
+        digest = bytes.fromhex(hash_key(candidate))
+        found: ApiKeyEntry | None = None
+        for entry, expected in self._keys:
+            if hmac.compare_digest(digest, expected):  # no early exit: compare with every key
+                found = entry
+        return found
 
-    def check(self, api_key: str | None, bearer: str | None) -> None:
-        """Raise :class:`AuthenticationError` unless ``api_key`` or ``bearer`` is a valid key."""
+    def authenticate(self, api_key: str | None, bearer: str | None) -> Principal:
+        """The caller presenting ``api_key`` or ``bearer``; :class:`AuthenticationError` (and
+        a failure counted) when neither is a configured key."""
         if not self.enabled:
-            return
+            return ANONYMOUS_ADMIN
         candidates = [c for c in (api_key, bearer) if c]
         if not candidates:
-            self._metrics.auth_failed()
+            self._metrics.auth_failed("missing")
             raise AuthenticationError(
                 f"authentication required: send an API key in {API_KEY_HEADER} "
-                "or as Authorization: Bearer"
+                "or as Authorization: Bearer",
+                "missing",
             )
-        if not any([self.is_valid(c) for c in candidates]):  # evaluate every candidate
-            self._metrics.auth_failed()
-            raise AuthenticationError("invalid API key")
+        found = [self.find(c) for c in candidates]  # look every candidate up
+        entry = next((e for e in found if e is not None), None)
+        if entry is None:
+            self._metrics.auth_failed("invalid")
+            raise AuthenticationError("invalid API key", "invalid")
+        return Principal(key_id=entry.id, tenant=entry.tenant, scopes=entry.scopes)
 
-    async def __call__(
-        self,
-        api_key: Annotated[str | None, Security(_api_key_header)],
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    ) -> None:
-        """The route dependency: documents the schemes in OpenAPI and checks the key again."""
-        self.check(api_key, bearer.credentials if bearer else None)
+    def forbid(self, scope: KeyScope) -> ForbiddenError:
+        """The 403 for a caller lacking ``scope`` (counted)."""
+        self._metrics.auth_failed("forbidden")
+        return ForbiddenError(scope)
 
 
-def _bearer_token(authorization: str | None) -> str | None:
+def requires(auth: ApiKeyAuth, scope: KeyScope) -> Callable[..., Awaitable[Principal]]:
+    """A route dependency: the caller, if it holds ``scope`` (else 403). Its parameters also
+    document the two schemes in OpenAPI; the key itself was checked by the middleware."""
+
+    async def caller(
+        request: Request,
+        _api_key: Annotated[str | None, Security(_api_key_header)],
+        _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    ) -> Principal:
+        checked = getattr(request.state, PRINCIPAL, None)
+        if isinstance(checked, Principal):
+            principal = checked
+        else:  # an open path: no key was checked
+            principal = auth.authenticate(
+                _api_key, _bearer_token.credentials if _bearer_token else None
+            )
+        if not principal.can(scope):
+            raise auth.forbid(scope)
+        return principal
+
+    return caller
+
+
+def _bearer_value(authorization: str | None) -> str | None:
     if authorization is None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
@@ -97,7 +136,7 @@ class AuthMiddleware:
     """Refuse a request without a valid key from its head alone: its body is never read.
 
     ``open_paths`` (documentation, and health and metrics when open) pass without a key.
-    ``refuse`` sends the 401.
+    ``refuse`` sends the 401. Every other request carries its caller in ``state``.
     """
 
     def __init__(
@@ -109,7 +148,7 @@ class AuthMiddleware:
         self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.auth.enabled or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         api_key: str | None = None
@@ -120,8 +159,9 @@ class AuthMiddleware:
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
         try:
-            self.auth.check(api_key, _bearer_token(authorization))
+            principal = self.auth.authenticate(api_key, _bearer_value(authorization))
         except AuthenticationError as exc:
             await self.refuse(send, exc)
             return
+        scope.setdefault("state", {})[PRINCIPAL] = principal
         await self.app(scope, receive, send)

@@ -1,17 +1,23 @@
-"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``."""
+"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``.
+
+Stats, analytics, sync, cleanup and key rotation cover every tenant: they need the ``admin``
+scope, and the mutating ones are recorded in the audit trail.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, params
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
+from delayline.api.audit_routes import AuditLog, audited
+from delayline.api.keys import Principal
 from delayline.api.schemas import ApiError, ErrorOut, Moved, Removed, to_utc
 from delayline.domain.events import utc_now
 from delayline.domain.limits import MAX_TEXT
@@ -81,18 +87,23 @@ def monitoring_router(
     analytics: AnalyticsApi | None,
     health: HealthCheck,
     metrics: Metrics,
-    auth: Sequence[params.Depends],
+    reader: Callable[..., Awaitable[Principal]],
+    admin: Callable[..., Awaitable[Principal]],
     open_health: bool,
     open_metrics: bool,
     rotation: KeyRotator | None = None,
+    audit: AuditLog | None = None,
 ) -> APIRouter:
-    """The monitoring routes; health and metrics skip ``auth`` when ``open_*`` is true."""
+    """The monitoring routes; health and metrics need ``reader`` unless ``open_*`` is true,
+    the rest ``admin``."""
     router = APIRouter(prefix=PREFIX, tags=["monitoring"])
-    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (401, 422, 503)}
+    errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (401, 403, 422, 503)}
+    auth = [Depends(admin)]
+    Admin = Annotated[Principal, Depends(admin)]
 
     @router.get(
         "/health",
-        dependencies=[] if open_health else list(auth),
+        dependencies=[] if open_health else [Depends(reader)],
         responses={503: {"description": "Not serving"}},
         summary="Each dependency's state",
     )
@@ -112,15 +123,17 @@ def monitoring_router(
         """Pending per tier, counts per status, next due times, sync lag."""
         return JSONResponse(json_safe(await service.get_stats()))
 
-    @router.post("/sync", dependencies=auth, responses=errors, summary="Run the sync now")
-    async def post_sync() -> Moved:
+    @router.post("/sync", responses=errors, summary="Run the sync now")
+    async def post_sync(who: Admin) -> Moved:
         """Move the ClickHouse events due within the transfer horizon into Redis."""
-        return Moved(moved=await service.sync_clickhouse_to_redis())
+        moved = await audited(audit, who, "sync", {}, service.sync_clickhouse_to_redis)
+        return Moved(moved=moved)
 
-    @router.post("/cleanup", dependencies=auth, responses=errors, summary="Run the cleanup now")
-    async def post_cleanup() -> Removed:
+    @router.post("/cleanup", responses=errors, summary="Run the cleanup now")
+    async def post_cleanup(who: Admin) -> Removed:
         """Remove finished schedules past their retention."""
-        return Removed(removed=await service.cleanup_old_schedules())
+        removed = await audited(audit, who, "cleanup", {}, service.cleanup_old_schedules)
+        return Removed(removed=removed)
 
     def _rotation() -> KeyRotator:
         if rotation is None:
@@ -129,15 +142,21 @@ def monitoring_router(
 
     @router.post(
         "/rotate-keys",
-        dependencies=auth,
         responses={**errors, 404: {"model": ErrorOut}},
         status_code=202,
         summary="Re-seal stored payloads with the current keys",
     )
-    async def post_rotate_keys() -> JSONResponse:
+    async def post_rotate_keys(who: Admin) -> JSONResponse:
         """Start re-sealing every stored body and headers with the key its tenant uses now (in
         the background; one rotation at a time). Poll ``GET`` for progress."""
-        return JSONResponse(_rotation().begin(), status_code=202)
+
+        async def begin() -> dict[str, Any]:
+            return _rotation().begin()
+
+        status = await audited(
+            audit, who, "rotate-keys", {}, begin, lambda s: {"state": s.get("state")}
+        )
+        return JSONResponse(status, status_code=202)
 
     @router.get(
         "/rotate-keys",
@@ -199,7 +218,7 @@ def monitoring_router(
 
     @router.get(
         "/metrics",
-        dependencies=[] if open_metrics else list(auth),
+        dependencies=[] if open_metrics else [Depends(reader)],
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
         summary="Prometheus metrics",

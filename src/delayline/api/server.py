@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from delayline.api.app import create_app
+from delayline.api.audit_routes import AuditLog
 from delayline.metrics import Metrics
 from delayline.ports import AnalyticsApi, HealthCheck, KeyRotator, SchedulerApi
 from delayline.settings import Settings, is_loopback
@@ -87,6 +88,7 @@ def build_api_server(
     health: HealthCheck,
     metrics: Metrics,
     rotation: KeyRotator | None = None,
+    audit: AuditLog | None = None,
 ) -> ApiServer:
     """The API on ``settings.api_host``/``api_port`` with its limits (see the module docstring)."""
     s = settings
@@ -102,12 +104,13 @@ def build_api_server(
         analytics=analytics,
         health=health,
         metrics=metrics,
-        api_keys=[k.get_secret_value() for k in s.api_keys],
+        api_keys=s.api_keys,
         open_health=s.api_open_health,
         open_metrics=s.api_open_metrics,
         max_request_bytes=s.api_max_request_bytes,
         body_timeout=s.api_body_timeout,
         rotation=rotation,
+        audit=audit,
     )
     protocol = type(
         "ApiH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": s.api_header_timeout}

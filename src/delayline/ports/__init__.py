@@ -25,6 +25,7 @@ from delayline.ports.messaging import DelayedMessage, EventPublisher, MessageSou
 from delayline.ports.ownership import ShardLeases
 from delayline.ports.records import (
     AnalyticsReader,
+    AuditStore,
     Granularity,
     LifecycleSink,
     LifecycleStore,
@@ -47,6 +48,7 @@ from delayline.ports.stores import (
 __all__ = [
     "AnalyticsApi",
     "AnalyticsReader",
+    "AuditStore",
     "Claim",
     "ClickHouseQueries",
     "Clock",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from delayline.domain.audit import AuditEntry, AuditQuery
 from delayline.domain.outcomes import EventFilter, ExecutionResult, LifecycleEntry
 
 Granularity = Literal["hour", "day"]
@@ -47,6 +48,18 @@ class LifecycleStore(Protocol):
 
     async def find(self, match: EventFilter, *, after: str = "", limit: int = 100) -> list[str]:
         """Ids of matching events in id order after ``after``, at most ``limit``."""
+        ...
+
+
+class AuditStore(Protocol):
+    """Where audit entries are stored and read back from."""
+
+    async def write_entries(self, entries: Sequence[AuditEntry]) -> None:
+        """Write one batch; raise if it was not written."""
+        ...
+
+    async def find(self, query: AuditQuery) -> list[AuditEntry]:
+        """The matching entries in id order (time order), at most ``query.limit``."""
         ...
 
 

@@ -145,10 +145,28 @@ ORDER BY (schedule_id, at)
 TTL toDateTime(retain_from) + INTERVAL {{ttl_days}} DAY
 """
 
+AUDIT_TABLE = "audit_log"
+_AUDIT = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.{AUDIT_TABLE} (
+    id String,
+    at DateTime64(6, 'UTC'),
+    key_id LowCardinality(String),
+    tenant LowCardinality(String),
+    action LowCardinality(String),
+    parameters String,
+    outcome String
+) ENGINE = MergeTree
+ORDER BY id
+"""
+"""Migration 4: ``audit_log``, one row per audited action (``services.audit``). The id starts
+with the time, so the sort key serves both the time range and the paging cursor. No TTL: the
+trail is small (admin actions only) and is kept until removed on purpose."""
+
 CORE_MIGRATIONS: list[Migration] = [
     (1, "event_schedules: versioned schedule rows", [_EVENTS.strip()]),
     (2, "event_schedules: listed_at and the by_listed projection for the sync", _BY_LISTED),
     (3, "event_lifecycle: every transition of every event", [_LIFECYCLE.strip()]),
+    (4, "audit_log: every mutating admin action", [_AUDIT.strip()]),
 ]
 
 
