@@ -31,6 +31,7 @@ from delayline.adapters.embedded import free_port
 from delayline.adapters.guarded import GuardedPublisher
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.api.keys import ApiKeyEntry
 from delayline.bootstrap import Application
 from delayline.domain.events import ScheduledEvent, utc_now
 from delayline.domain.outcomes import ExecutionResult
@@ -155,7 +156,7 @@ async def _layout(
         redis_url=redis_url,
         redis_key_prefix=f"flood-{unique}",
         kafka_bootstrap_servers=bootstrap,
-        api_keys=[API_KEY],
+        api_keys=[ApiKeyEntry.for_key(API_KEY, id="flood")],
         analytics_enabled=False,
         clickhouse_dsn=chdb_dsn,  # the suite's chDB folder: one process may open it
         clickhouse_database=f"flood_{unique}",

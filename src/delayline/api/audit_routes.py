@@ -106,9 +106,13 @@ def audit_router(audit: AuditLog | None, admin: Callable[..., Awaitable[Principa
         c: {"model": ErrorOut} for c in (401, 403, 404, 422, 503)
     }
 
-    @router.get("", responses=errors, summary="The audit trail of admin actions")
+    @router.get(
+        "",
+        dependencies=[Depends(admin)],
+        responses=errors,
+        summary="The audit trail of admin actions",
+    )
     async def get_audit(
-        _who: Annotated[Principal, Depends(admin)],
         since: datetime | None = None,
         until: datetime | None = None,
         key_id: Annotated[str | None, Query(max_length=64)] = None,

@@ -115,9 +115,18 @@ def requires(auth: ApiKeyAuth, scope: KeyScope) -> Callable[..., Awaitable[Princ
             )
         if not principal.can(scope):
             raise auth.forbid(scope)
+        setattr(request.state, PRINCIPAL, principal)
         return principal
 
     return caller
+
+
+def caller_of(request: Request) -> Principal:
+    """The caller of a request whose route checked a scope with :func:`requires`."""
+    principal = getattr(request.state, PRINCIPAL, None)
+    if not isinstance(principal, Principal):
+        raise RuntimeError("the route has no `requires` dependency")
+    return principal
 
 
 def _bearer_value(authorization: str | None) -> str | None:

@@ -45,6 +45,18 @@ class ApiKeyEntry(BaseModel):
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     """The SHA-256 of the key, 64 lowercase hex digits."""
 
+    @classmethod
+    def for_key(
+        cls,
+        key: str,
+        *,
+        id: str,
+        tenant: str = DEFAULT_TENANT,
+        scopes: str = "admin",
+    ) -> ApiKeyEntry:
+        """The entry of ``key`` (its hash), e.g. for a test or a script that made the key."""
+        return cls(id=id, tenant=tenant, scopes=parse_scopes(scopes), sha256=hash_key(key))
+
     @model_validator(mode="before")
     @classmethod
     def _an_object(cls, value: object) -> object:

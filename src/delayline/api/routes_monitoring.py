@@ -17,6 +17,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
 from delayline.api.audit_routes import AuditLog, audited
+from delayline.api.auth import caller_of
 from delayline.api.keys import Principal
 from delayline.api.schemas import ApiError, ErrorOut, Moved, Removed, to_utc
 from delayline.domain.events import utc_now
@@ -99,7 +100,6 @@ def monitoring_router(
     router = APIRouter(prefix=PREFIX, tags=["monitoring"])
     errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (401, 403, 422, 503)}
     auth = [Depends(admin)]
-    Admin = Annotated[Principal, Depends(admin)]
 
     @router.get(
         "/health",
@@ -123,16 +123,20 @@ def monitoring_router(
         """Pending per tier, counts per status, next due times, sync lag."""
         return JSONResponse(json_safe(await service.get_stats()))
 
-    @router.post("/sync", responses=errors, summary="Run the sync now")
-    async def post_sync(who: Admin) -> Moved:
+    @router.post("/sync", dependencies=auth, responses=errors, summary="Run the sync now")
+    async def post_sync(request: Request) -> Moved:
         """Move the ClickHouse events due within the transfer horizon into Redis."""
-        moved = await audited(audit, who, "sync", {}, service.sync_clickhouse_to_redis)
+        moved = await audited(
+            audit, caller_of(request), "sync", {}, service.sync_clickhouse_to_redis
+        )
         return Moved(moved=moved)
 
-    @router.post("/cleanup", responses=errors, summary="Run the cleanup now")
-    async def post_cleanup(who: Admin) -> Removed:
+    @router.post("/cleanup", dependencies=auth, responses=errors, summary="Run the cleanup now")
+    async def post_cleanup(request: Request) -> Removed:
         """Remove finished schedules past their retention."""
-        removed = await audited(audit, who, "cleanup", {}, service.cleanup_old_schedules)
+        removed = await audited(
+            audit, caller_of(request), "cleanup", {}, service.cleanup_old_schedules
+        )
         return Removed(removed=removed)
 
     def _rotation() -> KeyRotator:
@@ -142,11 +146,12 @@ def monitoring_router(
 
     @router.post(
         "/rotate-keys",
+        dependencies=auth,
         responses={**errors, 404: {"model": ErrorOut}},
         status_code=202,
         summary="Re-seal stored payloads with the current keys",
     )
-    async def post_rotate_keys(who: Admin) -> JSONResponse:
+    async def post_rotate_keys(request: Request) -> JSONResponse:
         """Start re-sealing every stored body and headers with the key its tenant uses now (in
         the background; one rotation at a time). Poll ``GET`` for progress."""
 
@@ -154,7 +159,7 @@ def monitoring_router(
             return _rotation().begin()
 
         status = await audited(
-            audit, who, "rotate-keys", {}, begin, lambda s: {"state": s.get("state")}
+            audit, caller_of(request), "rotate-keys", {}, begin, lambda s: {"state": s.get("state")}
         )
         return JSONResponse(status, status_code=202)
 

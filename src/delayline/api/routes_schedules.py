@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 
 from delayline.api.audit_routes import AuditLog, audited
+from delayline.api.auth import caller_of
 from delayline.api.keys import Principal
 from delayline.api.schemas import (
     ApiError,
@@ -151,15 +152,16 @@ def schedules_router(
     Include it after the monitoring router: ``/{schedule_id}`` takes any path (ids may hold ``/``).
     """
     router = APIRouter(prefix=PREFIX, tags=["schedules"], responses=_ERRORS)
-    Reader = Annotated[Principal, Depends(reader)]
-    Scheduler = Annotated[Principal, Depends(scheduler)]
+    reads = [Depends(reader)]
+    changes = [Depends(scheduler)]
 
-    @router.post("", status_code=201, summary="Schedule one event or a batch")
+    @router.post("", status_code=201, summary="Schedule one event or a batch", dependencies=changes)
     async def schedule(
-        who: Scheduler, request: Annotated[ScheduleRequest, Body()]
+        http: Request, request: Annotated[ScheduleRequest, Body()]
     ) -> ScheduleResult | BatchResult:
         """Store the event(s) durably, then answer 201. Scheduling an existing ``schedule_id``
         again creates nothing (``created: false``)."""
+        who = caller_of(http)
         now = utc_now()
         view = TenantView(who)
         if isinstance(request, BatchIn):
@@ -184,9 +186,9 @@ def schedules_router(
             return BatchResult(results=results, created=sum(created))
         return results[0]
 
-    @router.get("", summary="Find events by business key, in either tier")
+    @router.get("", summary="Find events by business key, in either tier", dependencies=reads)
     async def list_schedules(
-        who: Reader,
+        request: Request,
         correlation_id: str | None = None,
         entity_type: str | None = None,
         action: str | None = None,
@@ -199,6 +201,7 @@ def schedules_router(
     ) -> EventPage:
         """Matching events in id order, ``limit`` a page; ``next_cursor`` continues. Events
         appear within a flush interval of being scheduled (see the docs)."""
+        who = caller_of(request)
         view = TenantView(who)
         key = view.stored(correlation_id) if correlation_id is not None else None
         if correlation_id is not None and key is None:
@@ -235,18 +238,24 @@ def schedules_router(
         counts = await audited(audit, who, f"{verb}-by-key", parameters, change)
         return _by_key(correlation_id, counts)
 
-    @router.delete("", summary="Cancel every pending event with a correlation id")
+    @router.delete(
+        "", summary="Cancel every pending event with a correlation id", dependencies=changes
+    )
     async def cancel_by_key(
-        who: Scheduler, correlation_id: Annotated[str, Query(min_length=1)]
+        request: Request, correlation_id: Annotated[str, Query(min_length=1)]
     ) -> ByKeyResult:
         """Cancel them in both tiers; answers how many in each."""
+        who = caller_of(request)
         return await by_key(who, "cancel", correlation_id, None)
 
-    @router.patch("", summary="Reschedule every pending event with a correlation id")
+    @router.patch(
+        "", summary="Reschedule every pending event with a correlation id", dependencies=changes
+    )
     async def reschedule_by_key(
-        who: Scheduler, correlation_id: Annotated[str, Query(min_length=1)], change: RescheduleIn
+        request: Request, correlation_id: Annotated[str, Query(min_length=1)], change: RescheduleIn
     ) -> ByKeyResult:
         """Move them to the new due time; answers how many in each tier."""
+        who = caller_of(request)
         return await by_key(who, "reschedule", correlation_id, _due_time(change))
 
     def stored_id(who: Principal, schedule_id: str) -> str | None:
@@ -255,9 +264,12 @@ def schedules_router(
             return None
         return TenantView(who).stored(schedule_id)
 
-    @router.get("/{schedule_id:path}/history", summary="Every transition of an event")
-    async def get_history(who: Reader, schedule_id: str) -> HistoryOut:
+    @router.get(
+        "/{schedule_id:path}/history", summary="Every transition of an event", dependencies=reads
+    )
+    async def get_history(request: Request, schedule_id: str) -> HistoryOut:
         """Scheduled, moved, claimed, published, retried, and how it ended; 404 if unknown."""
+        who = caller_of(request)
         stored = stored_id(who, schedule_id)
         entries = await service.get_history(stored) if stored is not None else []
         if not entries:
@@ -265,18 +277,22 @@ def schedules_router(
         transitions = [TransitionOut.model_validate(e.to_dict()) for e in entries]
         return HistoryOut(schedule_id=schedule_id, transitions=transitions)
 
-    @router.get("/{schedule_id:path}", summary="Get a scheduled event and its status")
-    async def get_schedule(who: Reader, schedule_id: str) -> EventOut:
+    @router.get(
+        "/{schedule_id:path}", summary="Get a scheduled event and its status", dependencies=reads
+    )
+    async def get_schedule(request: Request, schedule_id: str) -> EventOut:
         """The event, from whichever tier holds it, or 404."""
+        who = caller_of(request)
         stored = stored_id(who, schedule_id)
         event = await service.get_event(stored) if stored is not None else None
         if event is None:
             raise _not_found(schedule_id)
         return EventOut.model_validate(TenantView(who).shown_event(event))
 
-    @router.delete("/{schedule_id:path}", summary="Cancel a pending event")
-    async def cancel_schedule(who: Scheduler, schedule_id: str) -> Cancelled:
+    @router.delete("/{schedule_id:path}", summary="Cancel a pending event", dependencies=changes)
+    async def cancel_schedule(request: Request, schedule_id: str) -> Cancelled:
         """Cancel the event; 404 if unknown, 409 if it already fired or was cancelled."""
+        who = caller_of(request)
         stored = stored_id(who, schedule_id)
         if stored is not None and await service.cancel_event(stored):
             return Cancelled(schedule_id=schedule_id)
@@ -289,9 +305,11 @@ def schedules_router(
             return Rescheduled(schedule_id=schedule_id, scheduled_at=when)
         raise await _why_not(stored, schedule_id, "rescheduled")
 
-    @router.put("/{schedule_id:path}", summary="Replace the event, or reschedule it")
+    @router.put(
+        "/{schedule_id:path}", summary="Replace the event, or reschedule it", dependencies=changes
+    )
     async def put_schedule(
-        who: Scheduler, schedule_id: str, change: Annotated[PutRequest, Body()]
+        request: Request, schedule_id: str, change: Annotated[PutRequest, Body()]
     ) -> Replaced | Rescheduled:
         """With a full event (a body with ``topic``): make it the id's current version,
         whatever state the id is in — pending in either tier (replaced), cancelled or fired
@@ -300,6 +318,7 @@ def schedules_router(
 
         With only ``scheduled_at`` or ``delay_seconds``: move the pending event, as PATCH;
         404 if unknown, 409 if it is no longer pending."""
+        who = caller_of(request)
         if isinstance(change, RescheduleIn):
             return await reschedule(who, schedule_id, change)
         if not _ID_RE.fullmatch(schedule_id):
@@ -315,9 +334,12 @@ def schedules_router(
             schedule_id=schedule_id, scheduled_at=event.scheduled_at, outcome=outcome.value
         )
 
-    @router.patch("/{schedule_id:path}", summary="Reschedule a pending event")
-    async def patch_schedule(who: Scheduler, schedule_id: str, change: RescheduleIn) -> Rescheduled:
+    @router.patch("/{schedule_id:path}", summary="Reschedule a pending event", dependencies=changes)
+    async def patch_schedule(
+        request: Request, schedule_id: str, change: RescheduleIn
+    ) -> Rescheduled:
         """Same as PUT: the due time is the only thing that can change."""
+        who = caller_of(request)
         return await reschedule(who, schedule_id, change)
 
     async def _why_not(stored: str | None, schedule_id: str, verb: str) -> ApiError:

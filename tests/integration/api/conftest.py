@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.api.app import create_app
+from delayline.api.keys import ApiKeyEntry
 from delayline.bootstrap import Application
 from delayline.clock import SystemClock
 from delayline.domain.events import ScheduledEvent, new_event, to_epoch_us
@@ -285,7 +286,7 @@ class ApiFactory(Protocol):
     def __call__(
         self,
         *,
-        api_keys: Sequence[str] = (),
+        api_keys: Sequence[ApiKeyEntry] = (),
         open_health: bool = True,
         open_metrics: bool = True,
         analytics: bool = True,
@@ -311,7 +312,7 @@ def make_api(
     started: list[Api] = []
 
     def application(
-        *, api_keys: Sequence[str], open_health: bool, open_metrics: bool, **settings: Any
+        *, api_keys: Sequence[ApiKeyEntry], open_health: bool, open_metrics: bool, **settings: Any
     ) -> AppServer:
         horizon = settings["immediate_horizon_seconds"]
         config = load_settings(
@@ -340,7 +341,7 @@ def make_api(
 
     def factory(
         *,
-        api_keys: Sequence[str] = (),
+        api_keys: Sequence[ApiKeyEntry] = (),
         open_health: bool = True,
         open_metrics: bool = True,
         analytics: bool = True,

@@ -1,4 +1,5 @@
-"""API-key authentication on a real server: required when configured, open health and metrics."""
+"""API-key authentication on a real server: required when configured, open health and metrics,
+401 without a valid key and 403 for a key lacking the route's scope."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from delayline.api.keys import ApiKeyEntry
+
 from .conftest import Api, ApiFactory
 
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
+ENTRIES = [ApiKeyEntry.for_key(key, id=f"key-{n}") for n, key in enumerate(KEYS)]
 MON = "/api/v1/schedules/monitoring"
 PROTECTED = [
     ("POST", "/api/v1/schedules"),
@@ -26,16 +30,20 @@ PROTECTED = [
 ]
 
 
-def _auth_failures(api: Api) -> float:
+def _auth_failures(api: Api, reason: str | None = None) -> float:
     for family in text_string_to_metric_families(api.metrics.render().decode()):
         if family.name == "delayline_auth_failures":
-            return sum(s.value for s in family.samples if s.name.endswith("_total"))
-    raise AssertionError("no auth failures metric")
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and reason in (None, s.labels["reason"])
+            )
+    return 0.0  # no refusal counted yet: the labelled counter has no sample
 
 
 @pytest.fixture
 def secured(make_api: ApiFactory) -> Api:
-    return make_api(api_keys=KEYS)
+    return make_api(api_keys=ENTRIES)
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -60,6 +68,8 @@ def test_wrong_keys_are_refused_and_counted(secured: Api) -> None:
         resp = secured.client.get(f"{MON}/stats", headers=headers)
         assert resp.status_code == 401, headers
     assert _auth_failures(secured) == len(bad)
+    assert _auth_failures(secured, "missing") == 2  # the Basic header and no header
+    assert _auth_failures(secured, "invalid") == len(bad) - 2
 
 
 @pytest.mark.parametrize(
@@ -87,7 +97,7 @@ def test_health_and_metrics_are_open_by_default(secured: Api) -> None:
 
 
 def test_health_and_metrics_can_be_protected(make_api: ApiFactory) -> None:
-    api = make_api(api_keys=KEYS, open_health=False, open_metrics=False)
+    api = make_api(api_keys=ENTRIES, open_health=False, open_metrics=False)
     for path in ("health", "metrics"):
         assert api.client.get(f"{MON}/{path}").status_code == 401
         ok = api.client.get(f"{MON}/{path}", headers={"X-API-Key": KEYS[1]})
@@ -106,7 +116,7 @@ def test_openapi_documents_both_schemes(secured: Api) -> None:
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "One of the configured API keys",
+        "description": "An API key",
     }
     assert schemes["HTTPBearer"]["scheme"] == "bearer"
 

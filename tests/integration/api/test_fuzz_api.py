@@ -12,6 +12,8 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
+from delayline.api.keys import ApiKeyEntry
+
 from .conftest import Api, ApiFactory
 
 KEY = "fuzz-key-0123456789"
@@ -61,7 +63,7 @@ def test_fuzzing_invalid_requests_finds_no_server_error(api: Api) -> None:
 
 
 def test_fuzzing_with_auth_finds_no_server_error(make_api: ApiFactory) -> None:
-    api = make_api(api_keys=[KEY])
+    api = make_api(api_keys=[ApiKeyEntry.for_key(KEY, id="fuzz")])
     statuses = collections.Counter(_fuzz(api, GenerationMode.POSITIVE, {"X-API-Key": KEY}))
     assert statuses.total() >= MAX_EXAMPLES // 2
     assert statuses[401] == 0, statuses
