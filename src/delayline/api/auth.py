@@ -98,8 +98,18 @@ class ApiKeyAuth:
 
 
 def requires(auth: ApiKeyAuth, scope: KeyScope) -> Callable[..., Awaitable[Principal]]:
-    """A route dependency: the caller, if it holds ``scope`` (else 403). Its parameters also
-    document the two schemes in OpenAPI; the key itself was checked by the middleware."""
+    """A route dependency: the caller, if it holds ``scope`` (else 403), also left in the
+    request's state for :func:`caller_of`. With keys configured its parameters document the
+    two schemes in OpenAPI; the key itself was checked by the middleware."""
+
+    def admit(request: Request, principal: Principal) -> Principal:
+        if not principal.can(scope):
+            raise auth.forbid(scope)
+        setattr(request.state, PRINCIPAL, principal)
+        return principal
+
+    async def anyone(request: Request) -> Principal:
+        return admit(request, ANONYMOUS_ADMIN)
 
     async def caller(
         request: Request,
@@ -108,17 +118,12 @@ def requires(auth: ApiKeyAuth, scope: KeyScope) -> Callable[..., Awaitable[Princ
     ) -> Principal:
         checked = getattr(request.state, PRINCIPAL, None)
         if isinstance(checked, Principal):
-            principal = checked
-        else:  # an open path: no key was checked
-            principal = auth.authenticate(
-                _api_key, _bearer_token.credentials if _bearer_token else None
-            )
-        if not principal.can(scope):
-            raise auth.forbid(scope)
-        setattr(request.state, PRINCIPAL, principal)
-        return principal
+            return admit(request, checked)
+        # an open path (health, metrics): no key was checked yet
+        token = _bearer_token.credentials if _bearer_token else None
+        return admit(request, auth.authenticate(_api_key, token))
 
-    return caller
+    return caller if auth.enabled else anyone
 
 
 def caller_of(request: Request) -> Principal:

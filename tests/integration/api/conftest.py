@@ -14,7 +14,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -295,6 +295,7 @@ class ApiFactory(Protocol):
         max_body_bytes: int = 64 * 1024,
         real_service: bool = False,
         immediate_horizon_seconds: int = 86400,
+        extra_settings: Mapping[str, Any] | None = None,
     ) -> Api: ...
 
 
@@ -350,6 +351,7 @@ def make_api(
         max_body_bytes: int = 64 * 1024,
         real_service: bool = False,
         immediate_horizon_seconds: int = 86400,
+        extra_settings: Mapping[str, Any] | None = None,
     ) -> Api:
         client = Redis.from_url(redis_url or valkey.url, socket_connect_timeout=2)
         service = StoreService(
@@ -367,6 +369,7 @@ def make_api(
                 max_body_bytes=max_body_bytes,
                 analytics_enabled=analytics,
                 immediate_horizon_seconds=immediate_horizon_seconds,
+                **(extra_settings or {}),
             )
             api = Api(
                 whole,

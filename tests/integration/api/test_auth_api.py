@@ -130,3 +130,61 @@ def test_keys_never_appear_in_logs(secured: Api, caplog: pytest.LogCaptureFixtur
         other.get(f"{MON}/health", headers={"X-API-Key": KEYS[0]})
     assert caplog.records  # the server did log at debug level
     assert all(k not in caplog.text for k in KEYS)
+
+
+SCOPED = {
+    "reader": ("reader-key-0123456789", "read"),
+    "scheduler": ("scheduler-key-0123456", "schedule"),
+    "admin": ("admin-key-01234567890", "admin"),
+}
+# Each route and the scope it needs; a key without it gets 403 (with it: anything but 401/403).
+ROUTE_SCOPES = [
+    ("GET", "/api/v1/schedules/some-id", "read"),
+    ("GET", "/api/v1/schedules/some-id/history", "read"),
+    ("GET", "/api/v1/schedules", "read"),
+    ("POST", "/api/v1/schedules", "schedule"),
+    ("DELETE", "/api/v1/schedules/some-id", "schedule"),
+    ("PATCH", "/api/v1/schedules/some-id", "schedule"),
+    ("PUT", "/api/v1/schedules/some-id", "schedule"),
+    ("DELETE", "/api/v1/schedules?correlation_id=k", "schedule"),
+    ("GET", f"{MON}/stats", "admin"),
+    ("POST", f"{MON}/sync", "admin"),
+    ("POST", f"{MON}/cleanup", "admin"),
+    ("GET", f"{MON}/analytics/summary", "admin"),
+    ("GET", "/api/v1/audit", "admin"),
+]
+
+
+@pytest.fixture
+def scoped(make_api: ApiFactory) -> Api:
+    entries = [
+        ApiKeyEntry.for_key(key, id=name, scopes=scopes) for name, (key, scopes) in SCOPED.items()
+    ]
+    return make_api(api_keys=entries, open_health=False, open_metrics=False)
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), ROUTE_SCOPES)
+def test_a_key_lacking_the_routes_scope_is_forbidden(
+    scoped: Api, method: str, path: str, scope: str
+) -> None:
+    body = {"topic": "t", "delay_seconds": 30}
+    forbidden = 0
+    for name, (key, key_scope) in SCOPED.items():
+        resp = scoped.client.request(method, path, json=body, headers={"X-API-Key": key})
+        if key_scope in (scope, "admin"):
+            assert resp.status_code not in (401, 403), (name, resp.text)
+        else:
+            forbidden += 1
+            assert resp.status_code == 403, (name, resp.text)
+            assert resp.json()["error"] == f"this API key lacks the {scope!r} scope"
+    assert _auth_failures(scoped, "forbidden") == forbidden
+    assert _auth_failures(scoped) == forbidden
+    assert scoped.client.request(method, path, json=body).status_code == 401
+
+
+def test_protected_health_and_metrics_need_only_read(scoped: Api) -> None:
+    for path in ("health", "metrics"):
+        resp = scoped.client.get(f"{MON}/{path}", headers={"X-API-Key": SCOPED["reader"][0]})
+        assert resp.status_code == 200
+        resp = scoped.client.get(f"{MON}/{path}", headers={"X-API-Key": SCOPED["scheduler"][0]})
+        assert resp.status_code == 403
