@@ -61,7 +61,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "SCHEDULES_REDIS_URL": valkey.url,
         "SCHEDULES_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "SCHEDULES_REDIS_PROCESSING_INTERVAL": "1",
-        "SCHEDULES_API_KEYS": json.dumps([ApiKeyEntry.for_key(KEY, id="edge").model_dump(mode="json")]),
+        "SCHEDULES_API_KEYS": json.dumps(
+            [ApiKeyEntry.for_key(KEY, id="edge").model_dump(mode="json")]
+        ),
         "SCHEDULES_API_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
         "SCHEDULES_API_BODY_TIMEOUT": str(BODY_TIMEOUT),
         "SCHEDULES_API_MAX_CONNECTIONS": str(MAX_CONNECTIONS),

@@ -21,9 +21,10 @@ def test_each_instance_has_its_own_registry() -> None:
     one, two = Metrics(), Metrics()
     one.auth_failed("invalid")
     assert _value(one, "delayline_auth_failures_total", reason="invalid") == 1
-    assert two.registry.get_sample_value(
-        "delayline_auth_failures_total", {"reason": "invalid"}
-    ) is None
+    assert (
+        two.registry.get_sample_value("delayline_auth_failures_total", {"reason": "invalid"})
+        is None
+    )
     shared = CollectorRegistry()
     assert Metrics(shared).registry is shared
 

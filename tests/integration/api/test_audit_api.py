@@ -68,12 +68,13 @@ def test_admin_actions_are_recorded_and_readable(audited: Api) -> None:
         created = audited.client.post("/api/v1/schedules", json=event, headers=acme)
         assert created.status_code == 201
     deadline = time.monotonic() + 30  # the search sees an event within a flush interval
-    while not audited.client.get("/api/v1/schedules", params={"correlation_id": "order-7"},
-                                 headers=acme).json()["events"]:  # fmt: skip
+    while not audited.client.get(
+        "/api/v1/schedules", params={"correlation_id": "order-7"}, headers=acme
+    ).json()["events"]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    gone = audited.client.delete("/api/v1/schedules", params={"correlation_id": "order-7"},
-                                 headers=acme)  # fmt: skip
+    order_7 = {"correlation_id": "order-7"}
+    gone = audited.client.delete("/api/v1/schedules", params=order_7, headers=acme)
     assert gone.status_code == 200 and gone.json()["total"] == 1
     rotation = audited.client.post(f"{MON}/rotate-keys", headers=ops)
     assert rotation.status_code == 202, rotation.text
@@ -101,9 +102,8 @@ def test_admin_actions_are_recorded_and_readable(audited: Api) -> None:
     # the trail is the admin's: a tenant's key is refused
     assert audited.client.get(AUDIT, headers=acme).status_code == 403
     assert audited.client.get(AUDIT).status_code == 401
-    empty = audited.client.get(AUDIT, params={"since": "2001-01-01T00:00:00Z",
-                                              "until": "2001-01-02T00:00:00Z"}, headers=ops)  # fmt: skip
+    day_one, day_two = "2001-01-01T00:00:00Z", "2001-01-02T00:00:00Z"
+    empty = audited.client.get(AUDIT, params={"since": day_one, "until": day_two}, headers=ops)
     assert empty.json() == {"entries": [], "next_cursor": None}
-    bad = audited.client.get(AUDIT, params={"since": "2001-01-02T00:00:00Z",
-                                            "until": "2001-01-01T00:00:00Z"}, headers=ops)  # fmt: skip
+    bad = audited.client.get(AUDIT, params={"since": day_two, "until": day_one}, headers=ops)
     assert bad.status_code == 422 and bad.json()["field"] == "since"

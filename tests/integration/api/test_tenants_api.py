@@ -114,9 +114,7 @@ async def test_another_tenants_event_is_not_found(tenants: Api, unique: str) -> 
         assert (await client.delete(f"{URL}/{sid}", headers=_as("acme"))).status_code == 200
 
 
-async def test_the_default_tenant_cannot_name_other_tenants_ids(
-    tenants: Api, unique: str
-) -> None:
+async def test_the_default_tenant_cannot_name_other_tenants_ids(tenants: Api, unique: str) -> None:
     async with httpx.AsyncClient(base_url=tenants.url, timeout=10) as client:
         taken = _event(f"@acme/x-{unique}", "b", "k")
         resp = await client.post(URL, json=taken, headers=_as("local"))
@@ -129,9 +127,7 @@ async def test_the_default_tenant_cannot_name_other_tenants_ids(
         assert resp.status_code == 422 and "at most 194" in resp.json()["error"]
 
 
-async def test_search_and_bulk_changes_stay_within_the_tenant(
-    tenants: Api, unique: str
-) -> None:
+async def test_search_and_bulk_changes_stay_within_the_tenant(tenants: Api, unique: str) -> None:
     key = f"order-{unique}"
     async with httpx.AsyncClient(base_url=tenants.url, timeout=10) as client:
         for who in ("acme", "globex", "local"):
@@ -157,9 +153,7 @@ async def test_search_and_bulk_changes_stay_within_the_tenant(
             URL, params={"correlation_id": key}, json={"delay_seconds": 600}, headers=_as("globex")
         )
         assert moved.status_code == 200 and moved.json()["total"] == 2, moved.text
-        cancelled = await client.delete(
-            URL, params={"correlation_id": key}, headers=_as("acme")
-        )
+        cancelled = await client.delete(URL, params={"correlation_id": key}, headers=_as("acme"))
         assert cancelled.status_code == 200 and cancelled.json()["total"] == 2, cancelled.text
         for who, status in (("acme", "cancelled"), ("globex", "pending"), ("local", "pending")):
             for i in range(2):
