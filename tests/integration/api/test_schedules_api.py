@@ -311,6 +311,7 @@ def test_openapi_documents_every_path(api: Api) -> None:
                 "rotate-keys",
             )
         ),
+        "/api/v1/audit",
     }
     assert set(paths[f"{URL}/{{schedule_id}}"]) == {"get", "delete", "put", "patch"}
     assert set(paths[URL]) == {"get", "post", "delete", "patch"}
