@@ -15,9 +15,10 @@ import pytest
 from delayline.adapters.embedded import EmbeddedTansu
 from delayline.api.keys import ApiKeyEntry
 from delayline.domain.events import utc_now
+from delayline.events_client import EventBus
 from tests.support import TopicReader
 
-from .conftest import Api, ApiFactory
+from .conftest import Api, ApiFactory, AppServer
 
 URL = "/api/v1/schedules"
 KEYS = {
@@ -180,3 +181,38 @@ async def test_a_fired_message_carries_the_qualified_ids(
         assert fired.key == b"@acme/k1"
     finally:
         reader.close()
+
+
+async def test_kafka_ingress_events_belong_to_the_tenant_their_ids_name(
+    tenants: Api, broker: EmbeddedTansu, unique: str
+) -> None:
+    server = tenants.server
+    assert isinstance(server, AppServer)
+    bus = EventBus(broker.bootstrap_servers, server.app.settings.kafka_delayed_topic_name)
+    due = utc_now() + timedelta(days=2)
+    try:
+        for sid, key in ((f"@acme/in-{unique}", "@acme/k"), (f"in-{unique}", "k")):
+            await bus.publish_with_delay(
+                topic="t", schedule_id=sid, correlation_id=key, body="b", scheduled_at=due
+            )
+    finally:
+        await bus.close()
+    sid = f"in-{unique}"
+    async with httpx.AsyncClient(base_url=tenants.url, timeout=10) as client:
+        acme = await _found(client, "acme", sid)
+        assert acme["schedule_id"] == sid and acme["correlation_id"] == "k"
+        local = await _found(client, "local", sid)  # the default tenant's own of that name
+        assert local["schedule_id"] == sid and local["correlation_id"] == "k"
+        both = await _listed(client, "admin", 1, correlation_id="@acme/k")
+        assert [e["schedule_id"] for e in both] == [f"@acme/{sid}"]
+
+
+async def _found(client: httpx.AsyncClient, who: str, sid: str) -> dict[str, Any]:
+    """GET the event until the ingress has stored it (or 30 s)."""
+    deadline = time.monotonic() + 30
+    while (resp := await client.get(f"{URL}/{sid}", headers=_as(who))).status_code == 404:
+        assert time.monotonic() < deadline, "the ingress did not store the event"
+        await asyncio.sleep(0.1)
+    assert resp.status_code == 200, resp.text
+    doc: dict[str, Any] = resp.json()
+    return doc
