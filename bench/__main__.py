@@ -39,6 +39,7 @@ from bench import (
     scheduling,
     sharding,
     workers,
+    serve,
 )
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
@@ -60,6 +61,7 @@ FULL: dict[str, Any] = {
     "encryption": {"n": 50_000},
     "sharding": {"n": 100_000, "shard_counts": (1, 4, 16)},
     "workers": {"n": 100_000, "shard_counts": (1, 4, 16)},
+    "serve": {"n": 50_000, "rate": 2000, "duration": 60.0},
     "arq": _PEER_FULL,
     "bullmq": _PEER_FULL,
 }
@@ -75,6 +77,7 @@ QUICK: dict[str, Any] = {
     "encryption": {"n": 2_000},
     "sharding": {"n": 2_000, "shard_counts": (1, 4)},
     "workers": {"n": 2_000, "shard_counts": (1, 4)},
+    "serve": {"n": 5_000, "rate": 300, "duration": 5.0},
     "arq": _PEER_QUICK,
     "bullmq": _PEER_QUICK,
 }
@@ -131,6 +134,7 @@ def _scenario_runners(
         "encryption": lambda: encryption.run(url, boot, sizes["encryption"]["n"]),
         "sharding": lambda: sharding.run(url, boot, **sizes["sharding"]),
         "workers": lambda: workers.run(url, boot, **sizes["workers"]),
+        "serve": lambda: serve.run(url, boot, **sizes["serve"]),
         "arq": lambda: peers.run("arq", srv.workdir, sizes["arq"]),
         "bullmq": lambda: peers.run("bullmq", srv.workdir, sizes["bullmq"]),
     }

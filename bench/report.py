@@ -244,6 +244,7 @@ def rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "> 1: Delayline better",
             )
         )
+    out += _serve_rows(res.get("serve", {}))
     flood = res.get("flood", {})
     for layout, phases in flood.get("layouts", {}).items():
         for phase in ("rest", "flood"):
@@ -302,3 +303,30 @@ def _read_row(label: str, read: dict[str, Any]) -> tuple[str, str, str, str]:
         "",
         f"p50 first 5 s {_ms(trend[0][1])}, last {_ms(trend[-1][1])}",
     )
+
+
+def _serve_rows(sv: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The product as shipped (``delayline serve``) beside the bare dispatcher."""
+    if "burst" not in sv:
+        return []
+    b, st, bare = sv["burst"], sv["steady"], sv["bare"]
+    return [
+        (
+            f"serve: {b['events']:,} due at once, read downstream",
+            _rate(b["fired_per_s"]),
+            "≈ bare",
+            f"p50 {_ms(b['p50_ms'])} p99 {_ms(b['p99_ms'])}; load {b['loadavg_1m']:.2f}",
+        ),
+        (
+            f"  bare dispatcher, batch {sv['claim_batch_size']:,}",
+            _rate(bare["events_per_s"]),
+            "",
+            f"serve = {sv['serve_over_bare']:.2f}× bare; load {bare['loadavg_1m']:.2f}",
+        ),
+        (
+            f"serve: {st['rate']:g}/s steady, read downstream",
+            f"p50 {_ms(st['p50_ms'])} p99 {_ms(st['p99_ms'])}",
+            "",
+            f"read {st['read']:,}/{st['scheduled']:,}; load {st['loadavg_1m']:.2f}",
+        ),
+    ]
