@@ -108,7 +108,9 @@ async def _wait_until_serving(proc: subprocess.Popen[bytes], api: str, data: Pat
 
 def _reader(bootstrap: str, topic: str) -> LatenessReader:
     KafkaTopics(bootstrap, [topic], partitions=PARTITIONS).ensure()
-    return LatenessReader(bootstrap, topic, partitions=PARTITIONS, fetch_wait_ms=READER_FETCH_WAIT_MS)
+    return LatenessReader(
+        bootstrap, topic, partitions=PARTITIONS, fetch_wait_ms=READER_FETCH_WAIT_MS
+    )
 
 
 def _events(topic: str, due: Sequence[datetime], body: str) -> dict[str, Any]:

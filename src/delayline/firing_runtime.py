@@ -272,6 +272,7 @@ def dispatcher_config(s: Settings) -> DispatcherConfig:
     return DispatcherConfig(
         max_sleep_seconds=s.redis_processing_interval,
         claim_batch_size=s.claim_batch_size,
+        claim_batch_min_size=s.claim_batch_min_size,
         max_inflight_batches=s.max_inflight_batches,
         lease_seconds=s.lease_seconds,
         max_publish_attempts=s.max_publish_attempts,

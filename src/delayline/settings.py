@@ -136,7 +136,10 @@ class Settings(BaseSettings):
     ``firing_runtime`` says. N ≥ 2: N processes fire, each owning its share of the
     ``redis_shards`` shards (N may not exceed them), while this process serves the API, ingress,
     sync and analytics."""
-    claim_batch_size: int = Field(100, gt=0, le=10_000)
+    claim_batch_size: int = Field(2000, gt=0, le=10_000)
+    """The largest claim. Each claim asks for twice what the last one got, at least
+    ``claim_batch_min_size`` and at most this: small claims when idle, large under a backlog."""
+    claim_batch_min_size: int = Field(100, gt=0, le=10_000)
     max_inflight_batches: int = Field(16, gt=0)
     lease_seconds: float = Field(30, gt=0)
     """A claimed event not acknowledged within this time is given to another node."""

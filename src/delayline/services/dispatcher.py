@@ -44,6 +44,7 @@ from delayline.ports import (
     NearTermStore,
     OutcomeSink,
 )
+from delayline.services.claim_batch import ClaimBatchSize
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ class DispatcherConfig:
     """The dispatcher's tunables (from :class:`delayline.settings.Settings`)."""
 
     max_sleep_seconds: float = 5.0
-    claim_batch_size: int = 100
+    claim_batch_size: int = 2000
+    """The largest claim: each claim asks for twice what the last one got, between
+    ``claim_batch_min_size`` and this (:class:`ClaimBatchSize`)."""
+    claim_batch_min_size: int = 100
     max_inflight_batches: int = 16
     lease_seconds: float = 30.0
     max_publish_attempts: int = 5
@@ -91,6 +95,8 @@ class Dispatcher:
         self._subscribed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(config.max_inflight_batches)
+        self._claim_size = ClaimBatchSize(config.claim_batch_min_size, config.claim_batch_size)
+        self._next_claim = self._claim_size.first
         self._batches: set[asyncio.Task[None]] = set()
         self._pause_until_us = 0
         self.claims_in_flight = 0
@@ -165,13 +171,14 @@ class Dispatcher:
         try:
             claim = await self._store.claim(
                 now_us + self._lookahead_us,
-                self._config.claim_batch_size,
+                self._next_claim,
                 self._config.lease_seconds,
                 self._shards(),
             )
         except BaseException:
             self._slots.release()
             raise
+        self._next_claim = self._claim_size.after(len(claim.events))
         if claim.events:
             number = next(self._claims)
             self._unhanded[number] = min(claim.fire_at_us or [e.due_us for e in claim.events])
