@@ -36,7 +36,14 @@ from typing import Any
 import httpx
 
 from bench import firing
-from bench.common import READER_FETCH_WAIT_MS, LatenessReader, Result, body_300, percentiles
+from bench.common import (
+    READER_FETCH_WAIT_MS,
+    LatenessReader,
+    Result,
+    body_300,
+    lateness_figures,
+    percentiles,
+)
 from delayline.adapters.embedded import free_port
 from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.bootstrap import read_runtime_file
@@ -70,8 +77,9 @@ async def served(workdir: Path, env: dict[str, str] | None = None) -> AsyncItera
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDULES_")}
     clean |= {"SCHEDULES_DATA_DIR": str(workdir / "data"), "SCHEDULES_API_PORT": str(port)}
     log = (workdir / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "delayline", "serve", "--log-level", "WARNING"],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "delayline", "serve", "--log-level", "WARNING"),
         env=clean | (env or {}),
         cwd=workdir,
         stdout=log,
@@ -82,20 +90,21 @@ async def served(workdir: Path, env: dict[str, str] | None = None) -> AsyncItera
         bootstrap = await _wait_until_serving(proc, api, workdir / "data")
         yield Served(api, bootstrap, proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         log.close()
 
 
-async def _wait_until_serving(proc: subprocess.Popen[bytes], api: str, data: Path) -> str:
+async def _wait_until_serving(proc: asyncio.subprocess.Process, api: str, data: Path) -> str:
     deadline = time.monotonic() + START_TIMEOUT_S
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc.returncode is not None:
                 raise RuntimeError(f"delayline serve exited with code {proc.returncode}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(api + HEALTH)).status_code == 200:
@@ -188,18 +197,7 @@ async def steady(srv: Served, rate: float, duration: float) -> Result:
                 sent += count
             await asyncio.sleep(TICK_S)
     rows = await asyncio.to_thread(reader.collect, sent, 30)
-    late_ms = [ms for _, ms in rows]
-    stats = percentiles(late_ms, (50, 99, 99.9))
-    return {
-        "rate": rate,
-        "duration_s": duration,
-        "scheduled": sent,
-        "read": len(rows),
-        "p50_ms": stats["p50"],
-        "p99_ms": stats["p99"],
-        "p99_9_ms": stats["p99.9"],
-        "max_ms": max(late_ms, default=float("nan")),
-    }
+    return {"rate": rate, "duration_s": duration, "scheduled": sent, **lateness_figures(rows)}
 
 
 def _load() -> float:
@@ -208,7 +206,7 @@ def _load() -> float:
 
 async def run(redis_url: str, bootstrap: str, *, n: int, rate: float, duration: float) -> Result:
     """The bare dispatcher, then ``delayline serve``'s burst and steady stream, same run."""
-    batch = Settings().claim_batch_size
+    batch = int(Settings.model_fields["claim_batch_size"].default)  # the shipped default
     load_bare = _load()
     bare = await firing.fire(redis_url, bootstrap, n, batch, linger_ms=1.0)
     bare.pop("series", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from delayline.services.claim_batch import ClaimBatchSize
-from delayline.settings import Settings
+from delayline.settings import load_settings
 
 
 def sizes_while(rule: ClaimBatchSize, backlog: int) -> list[int]:
@@ -55,5 +55,5 @@ def test_sizes_must_be_positive(floor: int, cap: int) -> None:
 
 
 def test_the_defaults_adapt_between_100_and_2000() -> None:
-    s = Settings()
+    s = load_settings()
     assert (s.claim_batch_min_size, s.claim_batch_size) == (100, 2000)
