@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -125,26 +126,33 @@ def firing_pool_size(max_inflight_batches: int) -> int:
 
 class LoopSink:
     """An :class:`OutcomeSink` callable from any thread: results are buffered and handed, a
-    batch per loop turn, to ``sink`` on ``loop`` (the loop that owns ``sink``)."""
+    batch per loop turn, to ``sink`` on ``loop`` (the loop that owns ``sink``).
+
+    No lock: ``deque.append`` and ``popleft`` are atomic, so the firing thread never waits
+    for the loop's thread (which, busy with other work, may not give the GIL back for a
+    while) to let go of one."""
 
     def __init__(self, sink: OutcomeSink, loop: asyncio.AbstractEventLoop) -> None:
         self._sink = sink
         self._loop = loop
-        self._lock = threading.Lock()
-        self._buffer: list[ExecutionResult] = []
+        self._buffer: deque[ExecutionResult] = deque()
+        self._scheduled = False
 
     def record(self, result: ExecutionResult) -> None:
-        """Buffer ``result``; the first of a batch schedules the hand-over."""
-        with self._lock:
-            self._buffer.append(result)
-            if len(self._buffer) > 1:
-                return
+        """Buffer ``result``; the first since the last hand-over schedules the next."""
+        self._buffer.append(result)
+        if self._scheduled:
+            return
+        self._scheduled = True
         with contextlib.suppress(RuntimeError):  # the main loop is closed: shutting down
             self._loop.call_soon_threadsafe(self._hand_over)
 
     def _hand_over(self) -> None:
-        with self._lock:
-            batch, self._buffer = self._buffer, []
+        # Cleared before taking the batch: a result added after the count below schedules
+        # another hand-over (at worst an empty one).
+        self._scheduled = False
+        buffer = self._buffer
+        batch = [buffer.popleft() for _ in range(len(buffer))]
         for result in batch:
             self._sink.record(result)
 

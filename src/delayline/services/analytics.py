@@ -84,7 +84,9 @@ class BatchRecorder(Generic[T]):
         self._write_timeout = write_timeout
         self._max_insert = max(max_insert or BUFFER_BATCHES * batch_size, batch_size)
         self._buffer: deque[T] = deque()
-        self._buffer_lock = threading.Lock()  # record() may run on another thread
+        # Taking items out, putting them back and dropping them happen under this lock;
+        # adding one (record(), from any thread) needs none.
+        self._buffer_lock = threading.Lock()
         self._full = asyncio.Event()  # a whole batch is waiting
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -113,12 +115,16 @@ class BatchRecorder(Generic[T]):
         """Take one item; it is written within a batch or a flush interval."""
         if not self.enabled:
             return
-        with self._buffer_lock:
-            self._buffer.append(item)
-            if len(self._buffer) > self._max_buffered:
-                self._buffer.popleft()
-                self.dropped += 1
-            full = len(self._buffer) >= self._batch_size
+        # No lock unless over the bound: ``deque.append`` is atomic, and the firing thread
+        # must never wait for the writer's thread to let go of the lock.
+        self._buffer.append(item)
+        size = len(self._buffer)
+        if size > self._max_buffered:
+            with self._buffer_lock:
+                while len(self._buffer) > self._max_buffered:
+                    self._buffer.popleft()
+                    self.dropped += 1
+        full = size >= self._batch_size
         if full and not self._full.is_set():
             if self._loop is None or threading.get_ident() == self._loop_thread:
                 self._full.set()
