@@ -318,6 +318,12 @@ def _serve_rows(sv: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"p50 {_ms(b['p50_ms'])} p99 {_ms(b['p99_ms'])}; load {b['loadavg_1m']:.2f}",
         ),
         (
+            "  histories recorded to the end",
+            f"{b['histories_completed']}/{b['histories_checked']}",
+            "all",
+            "sample of the burst's events, 5 s after the last read",
+        ),
+        (
             f"  bare dispatcher, batch {sv['claim_batch_size']:,}",
             _rate(bare["events_per_s"]),
             "",

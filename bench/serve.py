@@ -7,7 +7,8 @@ a downstream service sees it: a Kafka consumer in a process of its own, reading 
 event at once (``fetch.wait.max.ms`` 10), lateness = read time − the ``x-scheduled-at`` header.
 
 * ``burst``: ``n`` events all due at one instant, loaded ahead of it; fired/s = ``n`` over the
-  time from that instant to the last read, and the lateness percentiles of the reads.
+  time from that instant to the last read, and the lateness percentiles of the reads. Then,
+  for a sample of them, whether their lifecycle history was recorded to the end.
 * ``steady``: ``rate`` events per second for ``duration`` seconds, each due 0.5–5 s after it
   was posted; lateness percentiles.
 * ``bare``: beside them, in the same run, the dispatcher alone on the suite's own servers
@@ -57,6 +58,9 @@ LOADERS = 2
 """Bulk requests in flight at once while loading the burst."""
 PARTITIONS = 4
 TICK_S = 0.01
+HISTORY_SAMPLE = 200
+HISTORY_SETTLE_S = 5.0
+"""After the burst: time for the last recorded steps to be written before they are checked."""
 START_TIMEOUT_S = 120.0
 
 
@@ -131,10 +135,26 @@ def _events(topic: str, due: Sequence[datetime], body: str) -> dict[str, Any]:
     }
 
 
-async def _post(client: httpx.AsyncClient, batch: dict[str, Any]) -> None:
+async def _post(client: httpx.AsyncClient, batch: dict[str, Any]) -> list[str]:
+    """Schedule ``batch``; the ids of its events."""
     response = await client.post(SCHEDULES, json=batch)
     if response.status_code != 201:
         raise RuntimeError(f"bulk schedule answered {response.status_code}: {response.text[:200]}")
+    return [str(r["schedule_id"]) for r in response.json()["results"]]
+
+
+async def histories_complete(srv: Served, ids: Sequence[str], sample: int) -> Result:
+    """Of ``sample`` of ``ids``, how many have a ``completed`` step in their history: lifecycle
+    recording keeps up with the firing (it writes off the firing path, with a bounded buffer)."""
+    chosen = random.Random(5).sample(list(ids), min(sample, len(ids)))
+    complete = 0
+    async with httpx.AsyncClient(base_url=srv.api, timeout=60) as client:
+        for schedule_id in chosen:
+            response = await client.get(f"{SCHEDULES}/{schedule_id}/history")
+            if response.status_code == 200:
+                steps = {t["transition"] for t in response.json()["transitions"]}
+                complete += "completed" in steps
+    return {"histories_checked": len(chosen), "histories_completed": complete}
 
 
 async def burst(srv: Served, n: int) -> Result:
@@ -148,10 +168,11 @@ async def burst(srv: Served, n: int) -> Result:
     load_started = time.perf_counter()
     async with httpx.AsyncClient(base_url=srv.api, timeout=120) as client:
         pending = iter(chunks)
+        ids: list[str] = []
 
         async def loader() -> None:
             for size in pending:
-                await _post(client, _events(topic, [due] * size, body))
+                ids.extend(await _post(client, _events(topic, [due] * size, body)))
 
         await asyncio.gather(*(loader() for _ in range(LOADERS)))
     load_s = time.perf_counter() - load_started
@@ -164,7 +185,9 @@ async def burst(srv: Served, n: int) -> Result:
     last_s = max(late_ms, default=float("nan")) / 1000
     first_s = min(late_ms, default=float("nan")) / 1000
     stats = percentiles(late_ms, (50, 99))
+    await asyncio.sleep(HISTORY_SETTLE_S)
     return {
+        **await histories_complete(srv, ids, HISTORY_SAMPLE),
         "events": n,
         "read": len(rows),
         "load_s": load_s,
@@ -216,7 +239,6 @@ async def run(redis_url: str, bootstrap: str, *, n: int, rate: float, duration: 
             load_burst = _load()
             fired = await burst(srv, n)
             fired["loadavg_1m"] = load_burst
-            await asyncio.sleep(5)  # let the burst's recording settle before the stream
             load_steady = _load()
             stream = await steady(srv, rate, duration)
             stream["loadavg_1m"] = load_steady
