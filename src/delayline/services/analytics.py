@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-BUFFER_BATCHES = 10
-"""Default buffer bound, in batches: room for bursts and short outages."""
+BUFFER_BATCHES = 100
+"""Default buffer bound, in batches: room for short outages, and for a burst's items (three
+lifecycle transitions per fired event) arriving faster than one insert at a time writes them;
+ten batches overflowed during a burst and dropped history."""
+INSERT_BATCHES = 10
+"""Default largest insert, in batches."""
 
 
 class BatchRecorder(Generic[T]):
@@ -51,7 +55,7 @@ class BatchRecorder(Generic[T]):
 
     A write starts as soon as ``batch_size`` items wait (whole batches only) or after
     ``flush_interval`` (everything). A backlog is written in one insert of up to
-    ``max_insert`` items (default ``BUFFER_BATCHES`` batches). At most ``max_buffered``
+    ``max_insert`` items (default ``INSERT_BATCHES`` batches). At most ``max_buffered``
     items wait (default ``BUFFER_BATCHES`` batches); beyond, the oldest are dropped. A failed
     write keeps its items and is retried after ``retry_initial`` seconds, doubling up to
     ``retry_max``; a write taking longer than ``write_timeout`` counts as failed.
@@ -82,7 +86,7 @@ class BatchRecorder(Generic[T]):
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._write_timeout = write_timeout
-        self._max_insert = max(max_insert or BUFFER_BATCHES * batch_size, batch_size)
+        self._max_insert = max(max_insert or INSERT_BATCHES * batch_size, batch_size)
         self._buffer: deque[T] = deque()
         # Taking items out, putting them back and dropping them happen under this lock;
         # adding one (record(), from any thread) needs none.
