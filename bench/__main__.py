@@ -37,9 +37,9 @@ from bench import (
     plots,
     precision,
     scheduling,
+    serve,
     sharding,
     workers,
-    serve,
 )
 from bench.common import Servers, median, servers
 from bench.peers import driver as peers
