@@ -1,7 +1,6 @@
 """Settings, read once from the environment (prefix ``SCHEDULES_``) by the composition root.
 
-The spec's names (``schedules_IMMEDIATE_HORIZON_SECONDS`` …) work as written: the prefix is
-matched case-insensitively.
+Names are matched case-insensitively: ``schedules_IMMEDIATE_HORIZON_SECONDS`` works too.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    # --- the spec's Configuration section --------------------------------------------------
+    # --- horizons, sync, cleanup, analytics --------------------------------------------------
     immediate_horizon_seconds: int = Field(86400, gt=0)
     """Events due within this many seconds go to Redis; later ones to ClickHouse."""
     transfer_horizon_seconds: int = Field(3600, gt=0)
@@ -145,7 +144,7 @@ class Settings(BaseSettings):
     """A claimed event not acknowledged within this time is given to another node."""
     claim_lookahead_seconds: float = Field(0.02, ge=0, le=1)
     """Claim this long before due, publish at the due time: hides the claim's round trip
-    (p99 11 ms on a loaded 2-core VM; BENCHMARKS.md). An event claimed ahead is firing and can
+    (its round trip under load: BENCHMARKS.md, precision). An event claimed ahead is firing and can
     no longer be cancelled."""
     max_publish_attempts: int = Field(5, gt=0)
     retry_backoff_initial: float = Field(0.5, gt=0)

@@ -211,7 +211,7 @@ class BatchRecorder(Generic[T]):
     async def _write_batch(self, *, whole_batches_only: bool = False) -> int:
         async with self._lock:
             # A backlog of several batches goes in one insert (up to ``max_insert``): an
-            # insert has a fixed cost (~70-130 ms on chDB with the materialized view, measured)
+            # insert has a fixed cost (the materialized view runs per insert)
             # that would otherwise cap the rate at a few batches per second.
             with self._buffer_lock:
                 count = min(len(self._buffer), self._max_insert)

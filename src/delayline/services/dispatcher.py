@@ -66,8 +66,8 @@ class DispatcherConfig:
     node_id: str = "node"
     claim_lookahead_seconds: float = 0.02
     """Claim events this long before they are due, then publish each at its time: the claim's
-    round trip (and a busy server's queue) no longer add to lateness. Never fires early. At
-    2 ms, half the events were claimed after their due time on a loaded machine."""
+    round trip (and a busy server's queue) no longer add to lateness. Never fires early. Too
+    short a lookahead leaves the round trip in the lateness (BENCHMARKS.md, precision)."""
 
 
 class Dispatcher:
@@ -100,7 +100,7 @@ class Dispatcher:
         self._batches: set[asyncio.Task[None]] = set()
         self._pause_until_us = 0
         self.claims_in_flight = 0
-        # execution ids: unique per process start + a counter (uuid4 per event costs ~3 µs)
+        # execution ids: unique per process start + a counter (cheaper than a uuid4 per event)
         self._lookahead_us = int(config.claim_lookahead_seconds * 1e6)
         self._run_id = uuid.uuid4().hex[:16]
         self._executions = itertools.count()

@@ -1,4 +1,4 @@
-"""The hybrid scheduler service: one API over both tiers (the spec's ``scheduler_service``)."""
+"""The hybrid scheduler service: one API over both tiers (behind ``scheduler_service``)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def _fuzz(api: Api, mode: GenerationMode, headers: dict[str, str] | None = None)
 
 
 def test_fuzzing_valid_requests_finds_no_server_error(make_api: ApiFactory) -> None:
-    api = make_api(real_service=True)  # the lead's SchedulerService over the real Redis store
+    api = make_api(real_service=True)  # the real SchedulerService over the real Redis store
     statuses = collections.Counter(_fuzz(api, GenerationMode.POSITIVE))
     assert statuses.total() >= MAX_EXAMPLES // 2
     assert statuses[201] > 0, statuses  # the fuzzing reached the stores, not only validation

@@ -1,4 +1,4 @@
-"""The spec's monitoring endpoints against a real uvicorn server."""
+"""The monitoring endpoints against a real uvicorn server."""
 
 from __future__ import annotations
 
