@@ -30,7 +30,6 @@ from delayline.adapters.kafka_consumer import KafkaDelayedSource
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.kafka_topics import KafkaTopics
 from delayline.adapters.redis_connect import redis_servers
-from delayline.adapters.redis_ownership import RedisShardLeases
 from delayline.adapters.runtime_dir import DataDirInUseError as DataDirInUseError
 from delayline.adapters.runtime_dir import (
     Endpoints,
@@ -41,20 +40,10 @@ from delayline.adapters.runtime_dir import (
 from delayline.adapters.runtime_dir import read_runtime_file as read_runtime_file
 from delayline.api.server import ApiServer, build_api_server, serving
 from delayline.clock import SystemClock
-from delayline.firing_process import FiringProcess
-from delayline.firing_runtime import FiringThread, LoopSink
-from delayline.firing_workers import FiringWorkers, check_workers
+from delayline.firing import Firing, build_firing
+from delayline.firing_workers import check_workers
 from delayline.gauges import GaugeReaders, refresh_gauges
-from delayline.health import (
-    DependencyHealth,
-    FanOutSink,
-    MetricsSink,
-    Probe,
-    encryption_probe,
-    firing_probe,
-    ingress_probe,
-    shards_report,
-)
+from delayline.health import DependencyHealth, FanOutSink, MetricsSink, process_health
 from delayline.metrics import Metrics
 from delayline.ports import Clock
 from delayline.resilience import CircuitBreaker
@@ -67,7 +56,6 @@ from delayline.wiring import Wired, wire
 log = logging.getLogger(__name__)
 
 
-Firing = FiringThread | FiringProcess | FiringWorkers
 """Where the dispatcher runs: a thread, a process, or ``--workers`` processes."""
 
 
@@ -283,7 +271,16 @@ class Application:
         source = consumer = None
         if "ingest" in self.roles:
             source, consumer = await self._start_ingest(stack, endpoints, wired)
-        health = self._health(wired, firing, consumer, publisher)
+        health = process_health(
+            s,
+            wired,
+            self.breakers,
+            firing=firing,
+            consumer=consumer,
+            publisher=publisher,
+            cipher=self.cipher,
+            uses_kafka=self.uses_kafka,
+        )
         readers = GaugeReaders(
             near_counts=wired.near.counts,
             far_counts=wired.far.counts,
@@ -339,45 +336,22 @@ class Application:
         self, stack: contextlib.AsyncExitStack, endpoints: Endpoints, wired: Wired
     ) -> Firing:
         s = self.settings
-        lifecycle = wired.lifecycle.recorder
-        firing: Firing
         if not self.fires_in_thread and not isinstance(self.clock, SystemClock):
             raise ValueError(
                 "a clock of its own needs SCHEDULES_FIRING_RUNTIME=thread and one worker"
             )
-        if s.workers > 1:
-            firing = FiringWorkers(
-                s,
-                s.workers,
-                redis_url=endpoints.redis_url,
-                bootstrap_servers=endpoints.bootstrap_servers,
-                sink=self.sink,  # fed on this loop
-                lifecycle=lifecycle,
-                on_breaker_change=self._breaker_changed,
-                on_restart=self.metrics.firing_process_restarted,
-            )
-        elif s.firing_runtime == "process":
-            firing = FiringProcess(
-                s,
-                redis_url=endpoints.redis_url,
-                bootstrap_servers=endpoints.bootstrap_servers,
-                sink=self.sink,  # fed on this loop
-                lifecycle=lifecycle,
-                on_breaker_change=self._breaker_changed,
-                on_restart=self.metrics.firing_process_restarted,
-            )
-        else:
-            firing = FiringThread(
-                s,
-                redis_url=endpoints.redis_url,
-                bootstrap_servers=endpoints.bootstrap_servers,
-                sink=LoopSink(self.sink, asyncio.get_running_loop()),
-                clock=self.clock,
-                redis_breaker=self.breakers["redis_firing"],
-                producer_breaker=self.breakers["kafka_producer"],
-                lifecycle=lifecycle,
-                cipher=self.cipher,
-            )
+        firing = build_firing(
+            s,
+            redis_url=endpoints.redis_url,
+            bootstrap_servers=endpoints.bootstrap_servers,
+            sink=self.sink,
+            lifecycle=wired.lifecycle.recorder,
+            clock=self.clock,
+            breakers=self.breakers,
+            cipher=self.cipher,
+            on_breaker_change=self._breaker_changed,
+            on_restart=self.metrics.firing_process_restarted,
+        )
         # Pushed before starting: a start that fails half-way is stopped too.
         stack.push_async_callback(firing.stop, s.shutdown_timeout)
         await firing.start()
@@ -409,52 +383,6 @@ class Application:
         stack.push_async_callback(consumer.stop)  # commits what is stored
         await consumer.start()
         return source, consumer
-
-    def _health(
-        self,
-        wired: Wired,
-        firing: Firing | None,
-        consumer: DelayedEventsConsumer | None,
-        publisher: KafkaEventPublisher | None,
-    ) -> DependencyHealth:
-        s = self.settings
-
-        async def redis_ok() -> object:
-            # A write, not a ping: Valkey refuses writes (MISCONF) when it cannot persist them.
-            return await wired.redis.set(f"{{{s.redis_key_prefix}}}:health", s.node_id, px=60_000)
-
-        async def clickhouse_ok() -> object:
-            return await wired.clickhouse.query("SELECT 1")
-
-        async def kafka_ok() -> object:
-            producer = firing.publisher if isinstance(firing, FiringThread) else publisher
-            return producer is not None and await producer.ping(timeout=1.5)
-
-        probes: dict[str, Probe] = {"redis": redis_ok, "clickhouse": clickhouse_ok}
-        if self.uses_kafka:
-            probes["kafka"] = kafka_ok
-        if self.cipher is not None:
-            probes["encryption"] = encryption_probe(
-                wired.near.parked, self.cipher.unreadable.snapshot
-            )
-        if firing is not None:
-            runtime = f"{s.workers} workers" if s.workers > 1 else s.firing_runtime
-            probes["firing"] = firing_probe(firing, runtime)
-        if consumer is not None:
-            probes["ingress"] = ingress_probe(lambda: consumer.stats)
-        leases = RedisShardLeases(wired.redis, s.redis_key_prefix)
-        return DependencyHealth(
-            probes,
-            breakers=lambda: {
-                **{n: b.state.value for n, b in self.breakers.items()},
-                **(firing.breaker_states if firing is not None else {}),
-            },
-            shards=shards_report(
-                s.redis_shards,
-                lambda: leases.holders(range(s.redis_shards)),
-                lambda: firing.ownership if firing is not None else [],
-            ),
-        )
 
     def _breaker_changed(self, name: str, state: str) -> None:
         self.metrics.set_breaker_state(name, state)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
+from delayline.adapters.redis_ownership import RedisShardLeases
 from delayline.domain.outcomes import ExecutionResult
 from delayline.errors import is_disk_full
+from delayline.firing_runtime import FiringThread
 from delayline.metrics import Metrics
 from delayline.ports import OutcomeSink
+
+if TYPE_CHECKING:
+    from delayline.adapters.encryption import PayloadCipher
+    from delayline.adapters.kafka_producer import KafkaEventPublisher
+    from delayline.firing import Firing
+    from delayline.resilience import CircuitBreaker
+    from delayline.services.ingress import DelayedEventsConsumer
+    from delayline.settings import Settings
+    from delayline.wiring import Wired
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +217,54 @@ class DependencyHealth:
             except Exception as exc:  # the dependencies above say why
                 report["shards"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         return report
+
+
+def process_health(
+    settings: Settings,
+    wired: Wired,
+    breakers: Mapping[str, CircuitBreaker],
+    *,
+    firing: Firing | None,
+    consumer: DelayedEventsConsumer | None,
+    publisher: KafkaEventPublisher | None,
+    cipher: PayloadCipher | None,
+    uses_kafka: bool,
+) -> DependencyHealth:
+    """The health check over what this process runs: its stores, Kafka when a role uses it,
+    encryption, firing, ingress, breakers and the shards' holders."""
+    s = settings
+
+    async def redis_ok() -> object:
+        # A write, not a ping: Valkey refuses writes (MISCONF) when it cannot persist them.
+        return await wired.redis.set(f"{{{s.redis_key_prefix}}}:health", s.node_id, px=60_000)
+
+    async def clickhouse_ok() -> object:
+        return await wired.clickhouse.query("SELECT 1")
+
+    async def kafka_ok() -> object:
+        producer = firing.publisher if isinstance(firing, FiringThread) else publisher
+        return producer is not None and await producer.ping(timeout=1.5)
+
+    probes: dict[str, Probe] = {"redis": redis_ok, "clickhouse": clickhouse_ok}
+    if uses_kafka:
+        probes["kafka"] = kafka_ok
+    if cipher is not None:
+        probes["encryption"] = encryption_probe(wired.near.parked, cipher.unreadable.snapshot)
+    if firing is not None:
+        runtime = f"{s.workers} workers" if s.workers > 1 else s.firing_runtime
+        probes["firing"] = firing_probe(firing, runtime)
+    if consumer is not None:
+        probes["ingress"] = ingress_probe(lambda: consumer.stats)
+    leases = RedisShardLeases(wired.redis, s.redis_key_prefix)
+    return DependencyHealth(
+        probes,
+        breakers=lambda: {
+            **{n: b.state.value for n, b in breakers.items()},
+            **(firing.breaker_states if firing is not None else {}),
+        },
+        shards=shards_report(
+            s.redis_shards,
+            lambda: leases.holders(range(s.redis_shards)),
+            lambda: firing.ownership if firing is not None else [],
+        ),
+    )
