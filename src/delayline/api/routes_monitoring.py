@@ -1,7 +1,9 @@
 """The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``.
 
-Stats, analytics, sync, cleanup and key rotation cover every tenant: they need the ``admin``
-scope, and the mutating ones are recorded in the audit trail.
+Stats, sync, cleanup and key rotation cover every tenant: they need the ``admin`` scope, and
+the mutating ones are recorded in the audit trail. Analytics needs the ``read`` scope and
+answers the caller's own tenant's figures; an admin's cover every tenant unless it names one
+with ``?tenant=``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from delayline.api.audit_routes import AuditLog, audited
 from delayline.api.auth import caller_of
 from delayline.api.keys import Principal
 from delayline.api.schemas import ApiError, ErrorOut, Moved, Removed, to_utc
+from delayline.domain import tenancy
 from delayline.domain.events import utc_now
 from delayline.domain.limits import MAX_TEXT
 from delayline.metrics import CONTENT_TYPE, Metrics
@@ -74,11 +77,29 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     return start_utc, end_utc
 
 
+def _tenant_filter(caller: Principal, asked: str | None) -> str | None:
+    """The tenant whose analytics ``caller`` reads: its own, or for an admin ``asked`` (None:
+    every tenant). A non-admin naming another tenant is refused (403)."""
+    if caller.is_admin:
+        if asked is None:
+            return None
+        try:
+            return tenancy.check_tenant(asked)
+        except tenancy.TenancyError as exc:
+            raise ApiError(422, f"tenant: {exc}", field="tenant") from None
+    if asked is not None and asked != caller.tenant:
+        raise ApiError(403, "only an admin key may read another tenant's analytics")
+    return caller.tenant
+
+
 _DATE_HELP = "ISO-8601 date-time (no offset means UTC)"
 StartDate = Annotated[datetime | None, Query(description=f"{_DATE_HELP}; default end - 1 day")]
 EndDate = Annotated[datetime | None, Query(description=f"{_DATE_HELP}; default now")]
 Filter = Annotated[str | None, Query(max_length=MAX_TEXT)]
-_SUMMARY_PARAMS = frozenset({"start_date", "end_date"})
+TenantFilter = Annotated[
+    str | None, Query(description="Admin only: this tenant's figures (default: every tenant's)")
+]
+_SUMMARY_PARAMS = frozenset({"start_date", "end_date", "tenant"})
 _PERF_PARAMS = _SUMMARY_PARAMS | {"entity_type", "action", "topic", "granularity"}
 
 
@@ -96,7 +117,7 @@ def monitoring_router(
     audit: AuditLog | None = None,
 ) -> APIRouter:
     """The monitoring routes; health and metrics need ``reader`` unless ``open_*`` is true,
-    the rest ``admin``."""
+    analytics ``reader``, the rest ``admin``."""
     router = APIRouter(prefix=PREFIX, tags=["monitoring"])
     errors: dict[int | str, dict[str, Any]] = {c: {"model": ErrorOut} for c in (401, 403, 422, 503)}
     auth = [Depends(admin)]
@@ -181,21 +202,26 @@ def monitoring_router(
 
     @router.get(
         "/analytics/summary",
-        dependencies=auth,
+        dependencies=[Depends(reader)],
         responses={**errors, 404: {"model": ErrorOut}},
         summary="Execution summary over a time range",
     )
     async def get_summary(
-        request: Request, start_date: StartDate = None, end_date: EndDate = None
+        request: Request,
+        start_date: StartDate = None,
+        end_date: EndDate = None,
+        tenant: TenantFilter = None,
     ) -> JSONResponse:
-        """Totals, success rate, lateness percentiles, top failing entity types and actions."""
+        """Totals, success rate, lateness percentiles, top failing entity types and actions,
+        of the caller's tenant (an admin's: every tenant's, or ``tenant``'s)."""
         _only(request, _SUMMARY_PARAMS)
         start, end = _window(start_date, end_date)
-        return JSONResponse(json_safe(await _analytics().get_summary(start, end)))
+        whose = _tenant_filter(caller_of(request), tenant)
+        return JSONResponse(json_safe(await _analytics().get_summary(start, end, tenant=whose)))
 
     @router.get(
         "/analytics/performance",
-        dependencies=auth,
+        dependencies=[Depends(reader)],
         responses={**errors, 404: {"model": ErrorOut}},
         summary="Performance metrics per hour or day",
     )
@@ -207,10 +233,13 @@ def monitoring_router(
         action: Filter = None,
         topic: Filter = None,
         granularity: Annotated[Granularity, Query()] = "hour",
+        tenant: TenantFilter = None,
     ) -> JSONResponse:
-        """Counts, average and p50/p95/p99 lateness, average processing time, per period."""
+        """Counts, average and p50/p95/p99 lateness, average processing time, per period, of
+        the caller's tenant (an admin's: every tenant's summed, or ``tenant``'s)."""
         _only(request, _PERF_PARAMS)
         start, end = _window(start_date, end_date)
+        whose = _tenant_filter(caller_of(request), tenant)
         rows = await _analytics().get_performance_metrics(
             start_date=start,
             end_date=end,
@@ -218,6 +247,7 @@ def monitoring_router(
             action=action,
             topic=topic,
             granularity=granularity,
+            tenant=whose,
         )
         return JSONResponse(json_safe(rows))
 

@@ -95,12 +95,17 @@ class AnalyticsApi(Protocol):
         action: str | None = None,
         topic: str | None = None,
         granularity: Granularity = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows of the performance metrics, per hour or per day, in ``[start, end)``."""
+        """Rows of the performance metrics, per hour or per day, in ``[start, end)``, of
+        ``tenant``'s executions (None: every tenant's)."""
         ...
 
-    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
-        """Totals, success rate, lateness percentiles, top failing entity types/actions."""
+    async def get_summary(
+        self, start_date: datetime, end_date: datetime, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Totals, success rate, lateness percentiles, top failing entity types/actions, of
+        ``tenant``'s executions (None: every tenant's)."""
         ...
 
 

@@ -87,10 +87,15 @@ class AnalyticsReader(Protocol):
         action: str | None = None,
         topic: str | None = None,
         granularity: Granularity = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Metrics per hour or day and (entity_type, action, topic)."""
+        """Metrics per hour or day and (entity_type, action, topic) of ``tenant`` (None:
+        every tenant)."""
         ...
 
-    async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
-        """Totals, success rate, lateness percentiles, top failing pairs."""
+    async def summary(
+        self, start: datetime, end: datetime, *, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Totals, success rate, lateness percentiles, top failing pairs of ``tenant``
+        (None: every tenant)."""
         ...

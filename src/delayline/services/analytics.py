@@ -286,9 +286,11 @@ class ScheduleAnalyticsService:
         action: str | None = None,
         topic: str | None = None,
         granularity: Granularity = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
         """The spec's ``schedule_performance_metrics`` rows per hour or per UTC day between
-        ``start_date`` (rounded down to the hour) and ``end_date`` (exclusive)."""
+        ``start_date`` (rounded down to the hour) and ``end_date`` (exclusive), of ``tenant``'s
+        executions (None: every tenant's, summed)."""
         start_date, end_date = _check_range(start_date, end_date)
         if not self.enabled:
             return []
@@ -299,15 +301,20 @@ class ScheduleAnalyticsService:
             action=action,
             topic=topic,
             granularity=granularity,
+            tenant=tenant,
         )
 
-    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
+    async def get_summary(
+        self, start_date: datetime, end_date: datetime, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Totals, success rate, lateness percentiles and the top failing entity types and
-        actions between ``start_date`` and ``end_date``."""
+        actions between ``start_date`` and ``end_date``, of ``tenant``'s executions (None:
+        every tenant's)."""
         start_date, end_date = _check_range(start_date, end_date)
         if not self.enabled:
             return {"enabled": False, "start": start_date, "end": end_date}
-        return {"enabled": True, **await self._queries.summary(start_date, end_date)}
+        summary = await self._queries.summary(start_date, end_date, tenant=tenant)
+        return {"enabled": True, **summary}
 
 
 def _check_range(start: datetime, end: datetime) -> tuple[datetime, datetime]:

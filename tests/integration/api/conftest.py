@@ -147,6 +147,7 @@ class FakeAnalytics:
         action: str | None = None,
         topic: str | None = None,
         granularity: str = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
         self.calls.append(
             (
@@ -158,13 +159,18 @@ class FakeAnalytics:
                     "action": action,
                     "topic": topic,
                     "granularity": granularity,
+                    "tenant": tenant,
                 },
             )
         )
         return self.rows
 
-    async def get_summary(self, start_date: datetime, end_date: datetime) -> dict[str, Any]:
-        self.calls.append(("summary", {"start_date": start_date, "end_date": end_date}))
+    async def get_summary(
+        self, start_date: datetime, end_date: datetime, tenant: str | None = None
+    ) -> dict[str, Any]:
+        self.calls.append(
+            ("summary", {"start_date": start_date, "end_date": end_date, "tenant": tenant})
+        )
         return {"total_executions": len(self.rows), "success_rate": float("nan")}
 
 

@@ -150,7 +150,8 @@ ROUTE_SCOPES = [
     ("GET", f"{MON}/stats", "admin"),
     ("POST", f"{MON}/sync", "admin"),
     ("POST", f"{MON}/cleanup", "admin"),
-    ("GET", f"{MON}/analytics/summary", "admin"),
+    ("GET", f"{MON}/analytics/summary", "read"),
+    ("GET", f"{MON}/analytics/performance", "read"),
     ("GET", "/api/v1/audit", "admin"),
 ]
 

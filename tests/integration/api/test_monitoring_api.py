@@ -79,6 +79,7 @@ def test_performance_passes_validated_parameters(api: Api) -> None:
         "action": "send_reminder",
         "topic": "user.notifications",
         "granularity": "day",
+        "tenant": None,
     }
 
 
@@ -136,6 +137,7 @@ def test_summary(api: Api) -> None:
         {
             "start_date": datetime(2030, 1, 1, tzinfo=UTC),
             "end_date": datetime(2030, 1, 8, tzinfo=UTC),
+            "tenant": None,
         },
     )
     bad = api.client.get(f"{MON}/analytics/summary", params={"topic": "t"})

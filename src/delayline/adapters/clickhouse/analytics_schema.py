@@ -11,7 +11,7 @@ Why this shape:
   ``ttl_only_drop_parts`` lets the TTL drop whole day-parts instead of rewriting them.
 * A SummingMergeTree cannot sum percentiles, so a materialized view feeds
   ``schedule_performance_metrics_hourly``, an AggregatingMergeTree holding aggregate *states*
-  per hour and (entity_type, action, topic):
+  per hour and (tenant, entity_type, action, topic):
   counts, averages and ``quantilesState(0.5, 0.95, 0.99)`` of the lateness. Any time range is
   answered by merging the states over that range (``quantilesMerge``), so a daily or weekly p99
   is a true p99 of the executions, never an average of hourly percentiles.
@@ -21,6 +21,8 @@ Why this shape:
   ``quantilesExact``: exact (linear interpolation, like numpy's default) while a merged group
   holds at most 8192 executions, a uniform sample beyond that (rank error ≈ 1 %), and a bounded
   state size. ``quantilesExact`` states would store every value, as big as the raw table.
+* ``tenant`` is derived from the result's ``schedule_id`` by :data:`TENANT_OF_SCHEDULE_ID`,
+  so each tenant's figures can be read alone.
 * Hours and dates are UTC whatever the server's time zone: the hourly key is a
   ``DateTime('UTC')`` and the result columns are read with explicit ``'UTC'``.
 * Lateness statistics include every execution, skipped ones too (their lateness is what made
@@ -35,6 +37,15 @@ RESULTS_TABLE: Final = "schedule_execution_results"
 HOURLY_TABLE: Final = "schedule_performance_metrics_hourly"
 HOURLY_MV: Final = "schedule_performance_metrics_mv"
 METRICS_VIEW: Final = "schedule_performance_metrics"
+
+TENANT_OF_SCHEDULE_ID: Final = (
+    "if(match(schedule_id, '^@[a-z0-9][a-z0-9_-]*/') AND position(schedule_id, '/') <= 34, "
+    "substring(schedule_id, 2, position(schedule_id, '/') - 2), 'default')"
+)
+"""The tenant of a stored schedule id, by the rule of ``domain.tenancy.tenant_of``: an id
+``@<tenant>/…`` whose tenant is a valid name (1-32 of ``[a-z0-9_-]``, starting with a letter
+or digit: ``/`` is then at most the 34th character) is that tenant's; any other id is the
+default tenant's. No braces: the statements go through ``str.format``."""
 
 
 _RESULTS = f"""
@@ -65,6 +76,7 @@ SETTINGS ttl_only_drop_parts = 1
 _HOURLY = f"""
 CREATE TABLE IF NOT EXISTS {{db}}.{HOURLY_TABLE} (
     hour_start DateTime('UTC'),
+    tenant LowCardinality(String),
     entity_type String,
     action String,
     topic String,
@@ -78,7 +90,7 @@ CREATE TABLE IF NOT EXISTS {{db}}.{HOURLY_TABLE} (
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(hour_start)
-ORDER BY (hour_start, entity_type, action, topic)
+ORDER BY (hour_start, tenant, entity_type, action, topic)
 TTL hour_start + INTERVAL 1 YEAR DELETE
 """
 
@@ -87,6 +99,7 @@ _MV = f"""
 CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{HOURLY_MV} TO {{db}}.{HOURLY_TABLE} AS
 SELECT
     toStartOfHour(toDateTime(executed_at, 'UTC')) AS hour_start,
+    {TENANT_OF_SCHEDULE_ID} AS tenant,
     entity_type,
     action,
     topic,
@@ -98,7 +111,7 @@ SELECT
     avgState(processing_time_ms) AS avg_processing_time_ms,
     quantilesState(0.5, 0.95, 0.99)(delay_seconds) AS delay_quantiles
 FROM {{db}}.{RESULTS_TABLE}
-GROUP BY hour_start, entity_type, action, topic
+GROUP BY hour_start, tenant, entity_type, action, topic
 """
 
 _VIEW = f"""
@@ -106,6 +119,7 @@ CREATE VIEW IF NOT EXISTS {{db}}.{METRICS_VIEW} AS
 SELECT
     toDate(hour_start, 'UTC') AS date,
     toHour(hour_start, 'UTC') AS hour,
+    tenant,
     entity_type,
     action,
     topic,
@@ -119,7 +133,7 @@ SELECT
     quantilesMerge(0.5, 0.95, 0.99)(delay_quantiles)[2] AS p95_delay_seconds,
     quantilesMerge(0.5, 0.95, 0.99)(delay_quantiles)[3] AS p99_delay_seconds
 FROM {{db}}.{HOURLY_TABLE}
-GROUP BY hour_start, entity_type, action, topic
+GROUP BY hour_start, tenant, entity_type, action, topic
 """
 
 ANALYTICS_MIGRATIONS: list[tuple[int, str, list[str]]] = [

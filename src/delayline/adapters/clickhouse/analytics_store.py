@@ -119,8 +119,10 @@ class ClickHouseAnalyticsStore:
         action: str | None = None,
         topic: str | None = None,
         granularity: Granularity = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Metrics per hour or per UTC day and (entity_type, action, topic), oldest first.
+        """Metrics per hour or per UTC day and (entity_type, action, topic), oldest first,
+        of ``tenant``'s executions (None: every tenant's, summed).
 
         Hours whose start is in ``[start rounded down to the hour, end)`` are included. Each
         row has the documented columns (``hour`` is ``None`` by day) plus ``period_start``.
@@ -129,7 +131,8 @@ class ClickHouseAnalyticsStore:
             raise ValueError(f"granularity must be 'hour' or 'day', not {granularity!r}")
         params: dict[str, Any] = _range_params(start, end)
         where = [_RANGE]
-        for name, value in (("entity_type", entity_type), ("action", action), ("topic", topic)):
+        filters = (("tenant", tenant), ("entity_type", entity_type), ("action", action))
+        for name, value in (*filters, ("topic", topic)):
             if value is not None:
                 where.append(f"{name} = {{{name}:String}}")
                 params[name] = value
@@ -143,17 +146,24 @@ class ClickHouseAnalyticsStore:
         rows = await self._client.query(sql, params)
         return [_metrics_row(row, by_hour=granularity == "hour") for row in rows]
 
-    async def summary(self, start: datetime, end: datetime, *, top: int = 10) -> dict[str, Any]:
+    async def summary(
+        self, start: datetime, end: datetime, *, top: int = 10, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Totals, success rate, lateness (avg, p50/p95/p99) and the ``top`` failing
-        (entity_type, action) pairs over the hours of ``[start, end)``."""
-        params = _range_params(start, end)
+        (entity_type, action) pairs over the hours of ``[start, end)``, of ``tenant``'s
+        executions (None: every tenant's)."""
+        params: dict[str, Any] = _range_params(start, end)
+        where = _RANGE
+        if tenant is not None:
+            where += " AND tenant = {tenant:String}"
+            params["tenant"] = tenant
         totals = await self._client.query(
-            f"SELECT {_MERGED} FROM {self._db}.{HOURLY_TABLE} WHERE {_RANGE}", params
+            f"SELECT {_MERGED} FROM {self._db}.{HOURLY_TABLE} WHERE {where}", params
         )
         failing = await self._client.query(
             "SELECT entity_type, action, countIfMerge(failed_executions) AS failed, "
             "countMerge(total_executions) AS total "
-            f"FROM {self._db}.{HOURLY_TABLE} WHERE {_RANGE} "
+            f"FROM {self._db}.{HOURLY_TABLE} WHERE {where} "
             "GROUP BY entity_type, action HAVING failed > 0 "
             "ORDER BY failed DESC, entity_type, action LIMIT {top:UInt32}",
             {**params, "top": top},
