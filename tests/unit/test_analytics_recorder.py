@@ -220,12 +220,15 @@ class FakeQueries:
         action: str | None = None,
         topic: str | None = None,
         granularity: Granularity = "hour",
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        self.calls.append(("performance", (entity_type, action, topic, granularity)))
+        self.calls.append(("performance", (entity_type, action, topic, granularity, tenant)))
         return [{"total_executions": 1}]
 
-    async def summary(self, start: datetime, end: datetime) -> dict[str, Any]:
-        self.calls.append(("summary", (start, end)))
+    async def summary(
+        self, start: datetime, end: datetime, *, tenant: str | None = None
+    ) -> dict[str, Any]:
+        self.calls.append(("summary", (start, end, tenant)))
         return {"total_executions": 1}
 
 
@@ -236,11 +239,19 @@ async def test_service_passes_filters_and_checks_ranges() -> None:
     assert queries.verified
     start, end = NOW - timedelta(days=7), NOW
     rows = await service.get_performance_metrics(
-        start_date=start, end_date=end, entity_type="user", topic="t", granularity="day"
+        start_date=start,
+        end_date=end,
+        entity_type="user",
+        topic="t",
+        granularity="day",
+        tenant="acme",
     )
     assert rows == [{"total_executions": 1}]
-    assert queries.calls[0] == ("performance", ("user", None, "t", "day"))
+    assert queries.calls[0] == ("performance", ("user", None, "t", "day", "acme"))
     assert await service.get_summary(start, end) == {"enabled": True, "total_executions": 1}
+    assert queries.calls[1] == ("summary", (start, end, None))
+    await service.get_summary(start, end, tenant="acme")
+    assert queries.calls[2] == ("summary", (start, end, "acme"))
     with pytest.raises(ValueError, match="after"):
         await service.get_summary(end, start)
     # naive datetimes (as from datetime.utcnow()) are UTC

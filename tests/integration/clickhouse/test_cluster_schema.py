@@ -109,6 +109,9 @@ async def test_migrations_on_a_cluster_create_replicated_local_and_distributed_t
         "ON CLUSTER prod TO delayline.schedule_performance_metrics_hourly_local AS\n"
     )
     assert "FROM delayline.schedule_execution_results_local\n" in mv
+    assert "GROUP BY hour_start, tenant, entity_type, action, topic" in mv
+    hourly = next(s for s in ddl if "schedule_performance_metrics_hourly_local ON CLUSTER" in s)
+    assert "ORDER BY (hour_start, tenant, entity_type, action, topic)" in hourly
     view = ddl[-1]
     assert view.startswith(
         "CREATE VIEW IF NOT EXISTS delayline.schedule_performance_metrics ON CLUSTER prod AS\n"
