@@ -1,4 +1,4 @@
-"""The spec's monitoring endpoints under ``/api/v1/schedules/monitoring``.
+"""The monitoring endpoints under ``/api/v1/schedules/monitoring``.
 
 Stats, sync, cleanup and key rotation cover every tenant: they need the ``admin`` scope, and
 the mutating ones are recorded in the audit trail. Analytics needs the ``read`` scope and

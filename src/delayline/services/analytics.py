@@ -248,7 +248,7 @@ class AnalyticsRecorder(BatchRecorder[ExecutionResult]):
 
 
 class ScheduleAnalyticsService:
-    """The spec's analytics service: performance metrics and a summary over a time range.
+    """The analytics service: performance metrics and a summary over a time range.
 
     With ``enabled=False`` it touches nothing: ``initialize()`` does not check the schema and
     the reads return empty results.
@@ -288,7 +288,7 @@ class ScheduleAnalyticsService:
         granularity: Granularity = "hour",
         tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The spec's ``schedule_performance_metrics`` rows per hour or per UTC day between
+        """The ``schedule_performance_metrics`` rows per hour or per UTC day between
         ``start_date`` (rounded down to the hour) and ``end_date`` (exclusive), of ``tenant``'s
         executions (None: every tenant's, summed)."""
         start_date, end_date = _check_range(start_date, end_date)
