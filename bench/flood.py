@@ -175,7 +175,10 @@ async def _layout(
     if layout == "main_loop":  # the dispatcher shares the API's loop and Redis pool
         publisher = KafkaEventPublisher(
             producer_config(
-                bootstrap, linger_ms=settings.kafka_linger_ms, lease_seconds=settings.lease_seconds
+                bootstrap,
+                linger_ms=settings.kafka_linger_ms,
+                lease_seconds=settings.lease_seconds,
+                extra=settings.resolved_kafka_client_options,
             )
         )
         await publisher.start()

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from tests.valkey_cluster import ValkeyCluster
 
-from bench.common import CollectingSink, Result, publisher, rate_series, redis_client
-from bench.firing import due_now_events
+from bench.common import Result, publisher, redis_client
+from bench.firing import due_now_events, fire_all
 from delayline.adapters.redis_connect import redis_servers
 from delayline.adapters.redis_sharded import ShardedNearTermStore
 from delayline.adapters.redis_store import RedisNearTermStore
-from delayline.clock import SystemClock
 from delayline.ports import NearTermStore
-from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 
 _LOAD_CHUNK = 5000
 
@@ -38,25 +35,7 @@ async def _fire(
         await pub.publish(due_now_events(1, topic))  # topic metadata fetched before timing
         for offset in range(0, n, _LOAD_CHUNK):
             await store.schedule(due_now_events(min(_LOAD_CHUNK, n - offset), topic, offset))
-        sink = CollectingSink()
-        config = DispatcherConfig(claim_batch_size=batch, max_sleep_seconds=1.0, node_id="bench")
-        dispatcher = Dispatcher(store, pub, sink, SystemClock(), config)
-        started = time.perf_counter()
-        task = asyncio.create_task(dispatcher.run())
-        await sink.wait_for(n, 60 + n / 1000)
-        done = len(sink.arrived)
-        seconds = (sink.arrived[-1] if sink.arrived else time.perf_counter()) - started
-        dispatcher.stop()
-        await task
-        counts = await store.counts()
-    return {
-        "events": n,
-        "fired": done,
-        "seconds": seconds,
-        "events_per_s": done / seconds if seconds > 0 else 0.0,
-        "left_pending": counts["pending"],
-        "series": rate_series(sink.arrived, started),
-    }
+        return await fire_all(store, pub, n, batch)
 
 
 async def _single_slot(url: str, bootstrap: str, n: int, batch: int, linger_ms: float) -> Result:
