@@ -1,201 +1,85 @@
-"""The scheduled event, its statuses and their allowed transitions. Pure: no I/O."""
+"""The scheduled event and :func:`new_event`, which validates every field to build one.
+Pure: no I/O.
+
+The field rules, statuses, time conversions and body encodings live in their own modules; their
+public names are imported here too, so ``delayline.domain.events`` offers the whole event model.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import fnmatch
 import os
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
-import orjson
-
-from delayline.domain.limits import (
-    EARLIEST_YEAR,
-    LATEST_YEAR,
-    MAX_TEXT,
-    SCHEDULE_ID_PATTERN,
-    TOPIC_PATTERN,
+from delayline.domain.event_body import BodyEncoding, body_view, decode_base64, encode_body
+from delayline.domain.event_errors import InvalidEventError, OversizeEventError
+from delayline.domain.event_fields import (
+    MAX_HEADER_BYTES,
+    RESERVED_HEADERS,
+    check_text,
+    reserved_form,
+    validate_headers,
+    validate_scheduled_at,
+    validate_topic,
 )
+from delayline.domain.event_rules import (
+    DEFAULT_EVENT_RULES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HEADER_OVERHEAD_BYTES,
+    RECORD_OVERHEAD_BYTES,
+    EventRules,
+    message_size,
+)
+from delayline.domain.event_status import (
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATUSES,
+    EventStatus,
+    can_transition,
+)
+from delayline.domain.limits import SCHEDULE_ID_PATTERN
+from delayline.domain.timestamps import as_utc, from_epoch_us, to_epoch_us, utc_now
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "DEFAULT_EVENT_RULES",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_DELAY_SECONDS",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "HEADER_OVERHEAD_BYTES",
+    "MAX_HEADER_BYTES",
+    "RECORD_OVERHEAD_BYTES",
+    "RESERVED_HEADERS",
+    "TERMINAL_STATUSES",
+    "BodyEncoding",
+    "EventRules",
+    "EventStatus",
+    "InvalidEventError",
+    "OversizeEventError",
+    "ScheduledEvent",
+    "as_utc",
+    "body_view",
+    "can_transition",
+    "decode_base64",
+    "encode_body",
+    "from_epoch_us",
+    "message_size",
+    "new_event",
+    "new_schedule_id",
+    "reserved_form",
+    "to_epoch_us",
+    "utc_now",
+    "validate_headers",
+    "validate_scheduled_at",
+    "validate_topic",
+]
 
 DEFAULT_MAX_DELAY_SECONDS = 86400
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
-"""librdkafka's default ``message.max.bytes``: the largest record the producer will send."""
-RECORD_OVERHEAD_BYTES = 36
-"""The most a Kafka v2 record adds to its key, value and headers (length, attributes,
-timestamp and offset deltas, key/value lengths, header count: librdkafka's bound)."""
-HEADER_OVERHEAD_BYTES = 10
-"""The most one record header adds to its name and value (two varint lengths)."""
-MAX_HEADER_BYTES = 64 * 1024
-RESERVED_HEADERS = (
-    "x-schedule-id",
-    "x-correlation-id",
-    "x-entity-type",
-    "x-action",
-    "x-scheduled-at",
-)
-_TOPIC_RE = re.compile(TOPIC_PATTERN)
-# RFC 7230 token characters: what a header name may be made of, so that no name can smuggle
-# whitespace, control characters or look-alikes of a reserved name.
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 _ID_RE = re.compile(SCHEDULE_ID_PATTERN)
 _INT32 = (-(2**31), 2**31 - 1)
-
-
-class InvalidEventError(ValueError):
-    """The event cannot be scheduled; the message says which field and why."""
-
-    code = "invalid_event"
-    """The dead-letter reason code of a Kafka message refused for this."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        super().__init__(f"{field_name}: {problem}")
-        self.field = field_name
-        self.problem = problem
-
-
-class OversizeEventError(InvalidEventError):
-    """The event would be a Kafka message larger than the producer can send."""
-
-    code = "oversize"
-
-
-@dataclass(frozen=True, slots=True)
-class EventRules:
-    """What every ingress accepts beyond each field's own type and format.
-
-    ``max_message_bytes``: the producer's ``message.max.bytes``; an event whose fired message
-    (key, body, headers and record overhead) could exceed it is refused, never accepted and then
-    failed at fire time. ``own_topics``: Delayline's own topics (delayed, dead-letter), which
-    events may not target, like Kafka's internal ``__``-prefixed ones. ``allowed_topics``: when
-    not empty, the topic must match one of these glob patterns (``user.*``).
-    """
-
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    own_topics: frozenset[str] = frozenset()
-    allowed_topics: tuple[str, ...] = ()
-
-    def check_topic(self, topic: str) -> None:
-        """Raise :class:`InvalidEventError` for a topic events may not target."""
-        if topic.startswith("__"):
-            raise InvalidEventError("topic", f"{topic!r} is an internal Kafka topic")
-        if topic in self.own_topics:
-            raise InvalidEventError("topic", f"{topic!r} is one of Delayline's own topics")
-        if self.allowed_topics and not any(
-            fnmatch.fnmatchcase(topic, pattern) for pattern in self.allowed_topics
-        ):
-            raise InvalidEventError(
-                "topic", f"{topic!r} is not in the allowed topics {list(self.allowed_topics)}"
-            )
-
-    def check_size(self, event: ScheduledEvent) -> None:
-        """Raise :class:`OversizeEventError` if ``event`` could not be produced as one record."""
-        if _size_bound(event) <= self.max_message_bytes:
-            return  # surely fits: skip the exact count (the common case, on the bulk path)
-        size = message_size(event)
-        if size > self.max_message_bytes:
-            raise OversizeEventError(
-                "body",
-                f"the event would be a {size}-byte Kafka message (body, key and headers); "
-                f"the producer's limit (message.max.bytes) is {self.max_message_bytes}",
-            )
-
-
-DEFAULT_EVENT_RULES = EventRules()
-
-
-class EventStatus(StrEnum):
-    """Where an event is in its life. The terminal ones never change again."""
-
-    PENDING = "pending"  # accepted, waiting in a tier
-    QUEUED = "queued"  # moved from ClickHouse into Redis by the sync
-    PROCESSING = "processing"  # claimed by a dispatcher under a lease
-    COMPLETED = "completed"  # published; the broker acknowledged it
-    FAILED = "failed"  # publishing failed past the retry limit, or permanently
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # could first fire later than its max_delay_seconds
-
-    @property
-    def is_terminal(self) -> bool:
-        """True for statuses an event never leaves."""
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {EventStatus.COMPLETED, EventStatus.FAILED, EventStatus.CANCELLED, EventStatus.SKIPPED}
-)
-
-ALLOWED_TRANSITIONS: Mapping[EventStatus, frozenset[EventStatus]] = {
-    EventStatus.PENDING: frozenset(
-        {EventStatus.QUEUED, EventStatus.PROCESSING, EventStatus.CANCELLED, EventStatus.SKIPPED}
-    ),
-    EventStatus.QUEUED: frozenset(
-        {EventStatus.PROCESSING, EventStatus.CANCELLED, EventStatus.SKIPPED, EventStatus.PENDING}
-    ),
-    EventStatus.PROCESSING: frozenset(
-        {
-            EventStatus.COMPLETED,
-            EventStatus.FAILED,
-            EventStatus.SKIPPED,
-            EventStatus.CANCELLED,
-            EventStatus.PENDING,  # retry later, or a lease expired
-            EventStatus.QUEUED,
-        }
-    ),
-    EventStatus.COMPLETED: frozenset(),
-    EventStatus.FAILED: frozenset(),
-    EventStatus.CANCELLED: frozenset(),
-    EventStatus.SKIPPED: frozenset(),
-}
-
-
-def can_transition(current: EventStatus, new: EventStatus) -> bool:
-    """Whether an event in ``current`` may move to ``new``."""
-    return new in ALLOWED_TRANSITIONS[current]
-
-
-def utc_now() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime; a naive one (``datetime.utcnow()``) is taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise InvalidEventError("scheduled_at", "is out of range") from None
-
-
-def to_epoch_us(value: datetime) -> int:
-    """Microseconds since the epoch, exact (no float rounding)."""
-    if value.tzinfo is not UTC:
-        value = as_utc(value)
-    return (value - _EPOCH) // _ONE_US
-
-
-def from_epoch_us(value: int) -> datetime:
-    """The aware UTC datetime of ``value`` microseconds since the epoch (exact)."""
-    if 0 <= value < _FLOAT_EXACT_US:
-        # A double holds these to well under half a microsecond and fromtimestamp rounds to
-        # the nearest one: exact, and cheaper than building a timedelta (hot path).
-        return datetime.fromtimestamp(value / 1e6, UTC)
-    return _EPOCH + timedelta(microseconds=value)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
-_FLOAT_EXACT_US = 2**32 * 1_000_000
-"""Below 2**32 s (year 2106) a double is within 0.25 µs of ``value / 1e6``: rounds back exactly."""
 
 
 def new_schedule_id() -> str:
@@ -281,177 +165,6 @@ class ScheduledEvent:
         }
 
 
-def _byte_len(value: str | bytes) -> int:
-    return len(value) if isinstance(value, bytes) else len(value.encode("utf-8"))
-
-
-def _size_bound(event: ScheduledEvent) -> int:
-    """An upper bound of :func:`message_size` from character counts (4 bytes each at most)."""
-    text = (
-        len(event.body)
-        + len(event.message_key)
-        + len(event.schedule_id)
-        + len(event.correlation_id)
-        + len(event.entity_type)
-        + len(event.action)
-        + sum(len(k) + len(v) for k, v in event.headers.items())
-    )
-    fixed = RECORD_OVERHEAD_BYTES + (len(event.headers) + len(RESERVED_HEADERS)) * (
-        HEADER_OVERHEAD_BYTES + 16
-    )
-    return 4 * text + fixed + 64  # 64: the x-scheduled-at value
-
-
-def message_size(event: ScheduledEvent) -> int:
-    """The most bytes the fired record of ``event`` takes against ``message.max.bytes``."""
-    headers = sum(
-        HEADER_OVERHEAD_BYTES + _byte_len(name) + len(value)
-        for name, value in event.outgoing_headers()
-    )
-    return RECORD_OVERHEAD_BYTES + _byte_len(event.message_key) + _byte_len(event.body) + headers
-
-
-def _check_text(
-    name: str, value: object, *, allow_empty: bool = True, limit: int = MAX_TEXT
-) -> str:
-    if not isinstance(value, str):
-        raise InvalidEventError(name, f"must be a string, not {type(value).__name__}")
-    if not allow_empty and not value:
-        raise InvalidEventError(name, "must not be empty")
-    if len(value) > limit:
-        raise InvalidEventError(name, f"is longer than {limit} characters")
-    _check_utf8(name, value)
-    return value
-
-
-def _check_utf8(name: str, value: str) -> None:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidEventError(name, "contains characters that are not valid UTF-8") from None
-
-
-def validate_topic(topic: object, field_name: str = "topic") -> str:
-    """Apply Kafka's topic-name rules: 1–249 of ``[A-Za-z0-9._-]``, not ``.`` or ``..``."""
-    if not isinstance(topic, str):
-        raise InvalidEventError(field_name, f"must be a string, not {type(topic).__name__}")
-    if topic in {".", ".."} or not _TOPIC_RE.fullmatch(topic):
-        raise InvalidEventError(
-            field_name,
-            f"{topic[:60]!r} is not a valid Kafka topic name "
-            "(1-249 characters of letters, digits, '.', '_' and '-'; not '.' or '..')",
-        )
-    return topic
-
-
-BodyEncoding = Literal["utf-8", "base64"]
-"""How JSON text stands for a body's bytes: its UTF-8 encoding, or standard base64."""
-
-
-def encode_body(body: object, max_bytes: int) -> bytes:
-    """The body as bytes: ``bytes`` as they are, a ``str`` as its UTF-8, a dict or list as
-    JSON."""
-    if isinstance(body, bytes | bytearray | memoryview):
-        data = bytes(body)
-    elif isinstance(body, str):
-        try:
-            data = body.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates
-            raise InvalidEventError(
-                "body", "contains characters that are not valid UTF-8"
-            ) from None
-    elif isinstance(body, dict | list):
-        try:
-            data = orjson.dumps(body)
-        except TypeError as exc:
-            raise InvalidEventError("body", f"cannot be encoded as JSON: {exc}") from None
-    else:
-        raise InvalidEventError(
-            "body", f"must be str, bytes, dict or list, not {type(body).__name__}"
-        )
-    if len(data) > max_bytes:
-        raise InvalidEventError("body", f"is {len(data)} bytes; the limit is {max_bytes}")
-    return data
-
-
-def decode_base64(text: str) -> bytes:
-    """The bytes of standard (RFC 4648, padded) base64 ``text`` — how a JSON document carries
-    a binary body; ``ValueError`` for anything else."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64 (RFC 4648 alphabet, with padding)") from None
-
-
-def body_view(body: bytes) -> tuple[str, BodyEncoding]:
-    """``(text, encoding)`` to show ``body`` in JSON: UTF-8 text as itself (``"utf-8"``),
-    any other bytes in base64 (``"base64"``)."""
-    try:
-        return body.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), "base64"
-
-
-def reserved_form(name: str) -> str:
-    """``name`` as it is compared with the reserved names: NFKC, stripped, case-folded."""
-    return unicodedata.normalize("NFKC", name).strip().casefold()
-
-
-def validate_headers(headers: object) -> dict[str, str]:
-    """String keys and values, names of RFC 7230 token characters, none reserved (compared
-    after normalisation, so no look-alike passes), at most 64 KiB in all."""
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise InvalidEventError("headers", f"must be a mapping, not {type(headers).__name__}")
-    out: dict[str, str] = {}
-    total = 0
-    for key, value in headers.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidEventError("headers", f"key {key!r} must be a non-empty string")
-        if not isinstance(value, str):
-            raise InvalidEventError(
-                "headers", f"value of {key!r} must be a string, not {type(value).__name__}"
-            )
-        if reserved_form(key) in RESERVED_HEADERS:
-            raise InvalidEventError(
-                "headers", f"{key!r} is reserved; it is set when the event fires"
-            )
-        if not _HEADER_NAME_RE.fullmatch(key):
-            raise InvalidEventError(
-                "headers",
-                f"name {key[:60]!r} must be 1-256 token characters "
-                "(letters, digits and !#$%&'*+-.^_`|~)",
-            )
-        _check_utf8("headers", key)
-        _check_utf8("headers", value)
-        total += len(key) + len(value)
-        out[key] = value
-    if total > MAX_HEADER_BYTES:
-        raise InvalidEventError("headers", f"are {total} bytes; the limit is {MAX_HEADER_BYTES}")
-    return out
-
-
-def validate_scheduled_at(value: object) -> datetime:
-    """An aware UTC datetime (naive values are UTC); ISO-8601 text is accepted too."""
-    if isinstance(value, str):
-        text = value
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            raise InvalidEventError(
-                "scheduled_at", f"{text[:60]!r} is not an ISO-8601 date-time"
-            ) from None
-    if not isinstance(value, datetime):
-        raise InvalidEventError("scheduled_at", f"must be a datetime, not {type(value).__name__}")
-    value = as_utc(value)
-    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
-        raise InvalidEventError(
-            "scheduled_at", f"{value.isoformat()} is outside {EARLIEST_YEAR}-{LATEST_YEAR}"
-        )
-    return value
-
-
 def new_event(
     *,
     topic: object,
@@ -492,10 +205,10 @@ def new_event(
     event = ScheduledEvent(
         schedule_id=sid,
         topic=topic,
-        entity_type=_check_text("entity_type", entity_type),
-        action=_check_text("action", action),
+        entity_type=check_text("entity_type", entity_type),
+        action=check_text("action", action),
         body=encode_body(body, max_body_bytes),
-        correlation_id=_check_text("correlation_id", correlation_id or ""),
+        correlation_id=check_text("correlation_id", correlation_id or ""),
         headers=validate_headers(headers),
         scheduled_at=validate_scheduled_at(scheduled_at),
         max_delay_seconds=max_delay_seconds,
