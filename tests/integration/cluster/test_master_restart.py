@@ -96,7 +96,9 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
         await task
         await publisher.stop()
         reader.close()
-        if killed and not restarted:  # the session's cluster stays whole for the tests after this one
+        if (
+            killed and not restarted
+        ):  # the session's cluster stays whole for the tests after this one
             await asyncio.to_thread(victim.start)
             await asyncio.to_thread(valkey_cluster.wait_ok)
         replica.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
