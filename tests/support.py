@@ -8,13 +8,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic
+from typing import Generic, TypeVar
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from delayline.domain.events import EventStatus, ScheduledEvent
 from delayline.ports import Claim, Finished, LongTermStore, NearTermStore, PageT, RekeyPage
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,16 @@ class TopicReader:
     def close(self) -> None:
         """Close the consumer."""
         self._consumer.close()
+
+
+async def eventually(get: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
+    """Poll ``get`` until it returns something truthy (or time runs out); its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await get()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
 
 
 async def eventually_status(get: Callable[[], Awaitable[object]], timeout: float = 5.0) -> object:
@@ -222,6 +234,9 @@ class ForwardingNear:
 
     async def counts(self) -> dict[str, int]:
         return await self.inner.counts()
+
+    async def shard_counts(self) -> list[dict[str, int]]:
+        return await self.inner.shard_counts()
 
     def wakeups(self) -> AsyncIterator[int]:
         return self.inner.wakeups()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -57,6 +58,17 @@ class OutcomeUnknown(DependencyUnavailable):
     def __init__(self, dependency: str, detail: str = "") -> None:
         super().__init__(dependency, detail)
         self.schedule_ids: list[str] = []
+
+
+class PartlyAcknowledged(DependencyUnavailable):
+    """An acknowledgement spanning shards reached some of them only: ``acknowledged`` events
+    were still leased on the shards that answered; the events in ``remaining`` are on shards
+    that could not be reached (send them again; the others are done)."""
+
+    def __init__(self, acknowledged: int, remaining: Sequence[str], cause: BaseException) -> None:
+        super().__init__("redis", f"{len(remaining)} acknowledgement(s) not delivered: {cause}")
+        self.acknowledged = acknowledged
+        self.remaining = tuple(remaining)
 
 
 # What the stores say when their disk is full or they refuse writes they cannot persist.

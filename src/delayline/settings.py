@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     """Embedded servers keep their data here (Valkey AOF, chDB folder)."""
     redis_url: SecretStr | None = None
     """Unset: an embedded Valkey server is started in ``data_dir``. ``redis://`` one server,
-    ``redis+cluster://`` a Redis Cluster, or a comma list of servers (shard k on server k mod M)."""
+    ``redis+cluster://`` a Redis Cluster (a comma list of such URLs: several of its nodes to
+    start from), or a comma list of servers (shard k on server k mod M)."""
     redis_key_prefix: str = Field("delayline", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     """Shard k's keys live under the hash tag ``{<prefix>:k}`` (``{<prefix>}`` with one shard)."""
     redis_shards: int = Field(1, ge=1, le=4096)

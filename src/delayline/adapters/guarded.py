@@ -93,6 +93,9 @@ class GuardedNearTermStore(Generic[NearT]):
     async def counts(self) -> dict[str, int]:
         return await self.breaker.call(self.inner.counts)
 
+    async def shard_counts(self) -> list[dict[str, int]]:
+        return await self.breaker.call(self.inner.shard_counts)
+
     def wakeups(self) -> AsyncIterator[int]:
         return self.inner.wakeups()
 

@@ -18,6 +18,7 @@ from delayline.adapters.redis_layout import control_tag, shard_of
 from delayline.adapters.redis_scripts import ScriptCall, run_pipelined
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import ScheduledEvent
+from delayline.errors import PartlyAcknowledged
 from delayline.ports import Claim, Finished, RekeyPage
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,23 @@ class ShardedNearTermStore:
         )
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None = None) -> int:
-        """Final states for events still leased under ``token``, each in its shard."""
+        """Final states for events still leased under ``token``, each in its shard. When some
+        shards answer and others cannot be reached, raises :class:`PartlyAcknowledged` naming
+        the events to acknowledge again; when none answers, the first error."""
         groups = self._group([item.schedule_id for item in finished])
-        acked = await asyncio.gather(
-            *(
-                self.shards[k].ack(token, [finished[p] for p in ps], now_us)
-                for k, ps in groups.items()
-            )
+        shards = list(groups)
+        replies = await asyncio.gather(
+            *(self.shards[k].ack(token, [finished[p] for p in groups[k]], now_us) for k in shards),
+            return_exceptions=True,
         )
-        return sum(acked)
+        failed = [(k, r) for k, r in zip(shards, replies, strict=True) if isinstance(r, Exception)]
+        acked = sum(r for r in replies if isinstance(r, int))
+        if not failed:
+            return acked
+        if len(failed) == len(shards):
+            raise failed[0][1]
+        remaining = [finished[p].schedule_id for k, _ in failed for p in groups[k]]
+        raise PartlyAcknowledged(acked, remaining, failed[0][1])
 
     async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
         """Back to its shard's due set at ``due_us``."""

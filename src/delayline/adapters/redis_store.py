@@ -1,6 +1,9 @@
 """One shard of the near-term tier on Redis/Valkey: a due-time sorted set driven by atomic Lua
 scripts. The key layout and the shards are described in :mod:`delayline.adapters.redis_layout`;
 :class:`delayline.adapters.redis_sharded.ShardedNearTermStore` routes over the shards.
+
+Just over 400 lines: one method per operation of the near-term port, each a thin call of its
+script and the decoding of its reply; upkeep (orphans, key rotation) is in ``redis_upkeep``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from delayline.adapters.encryption import PayloadCipher
-from delayline.adapters.redis_connect import RedisClient
+from delayline.adapters.redis_connect import RedisClient, subscriber
 from delayline.adapters.redis_layout import (
     ShardKeys,
     codec_bytes,
@@ -405,12 +408,16 @@ class RedisNearTermStore(ShardUpkeep):
         out.update({k.decode(): int(v) for k, v in totals.items()})
         return out
 
+    async def shard_counts(self) -> list[dict[str, int]]:
+        """This shard's counts, alone."""
+        return [await self.counts()]
+
     async def wakeups(self) -> AsyncIterator[int]:
         """Due times published by any process when an event became the earliest.
 
         Yields ``0`` first, once subscribed: from then on no wake-up can be missed.
         """
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = subscriber(self._redis)
         await pubsub.subscribe(self.channel)
         yield 0
         try:

@@ -74,7 +74,8 @@ class NearTermStore(Protocol):
 
     async def ack(self, token: str, finished: Sequence[Finished], now_us: int | None) -> int:
         """Record final states (at ``now_us``) of events still leased under ``token``;
-        returns how many."""
+        returns how many. A store over several servers that reached only some raises
+        :class:`delayline.errors.PartlyAcknowledged` naming the rest."""
         ...
 
     async def retry(self, token: str, event: ScheduledEvent, due_us: int) -> bool:
@@ -111,6 +112,10 @@ class NearTermStore(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """``pending``, ``processing`` and the per-status totals this store has seen."""
+        ...
+
+    async def shard_counts(self) -> list[dict[str, int]]:
+        """:meth:`counts` of each shard, in shard order."""
         ...
 
     def wakeups(self) -> AsyncIterator[int]:

@@ -28,7 +28,7 @@ from delayline.domain.outcomes import (
     Outcome,
     Transition,
 )
-from delayline.errors import ErrorClass, PublishError, classify
+from delayline.errors import ErrorClass, PartlyAcknowledged, PublishError, classify
 from delayline.ports import (
     Claim,
     Clock,
@@ -171,19 +171,27 @@ class BatchFiring:
         """Acknowledge, retrying while the lease lasts: a lost ack means a duplicate firing.
         Returns how many events were still leased under ``token``."""
         deadline_us = claimed_us + int(self._config.lease_seconds * 1e6)
-        attempt = 0
+        attempt = acked = 0
         while True:
             try:
-                return await self._store.ack(token, finished, self._now_us())
+                return acked + await self._store.ack(token, finished, self._now_us())
+            except PartlyAcknowledged as exc:  # only the unreachable shards' events again
+                acked += exc.acknowledged
+                remaining = set(exc.remaining)
+                finished = [item for item in finished if item.schedule_id in remaining]
+                error: Exception = exc
             except Exception as exc:
-                attempt += 1
-                delay = backoff_delay(attempt, 0.05, 1.0)
-                if classify(exc) is not ErrorClass.UNAVAILABLE or (
-                    self._now_us() + delay * 1e6 >= deadline_us
-                ):
-                    raise
-                log.warning("ack failed (%s); retrying in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
+                error = exc
+            attempt += 1
+            delay = backoff_delay(attempt, 0.05, 1.0)
+            if classify(error) is not ErrorClass.UNAVAILABLE or (
+                self._now_us() + delay * 1e6 >= deadline_us
+            ):
+                if acked:  # the rest return to their due sets when their lease ends
+                    return acked
+                raise error
+            log.warning("ack failed (%s); retrying in %.2f s", error, delay)
+            await asyncio.sleep(delay)
 
     async def _publish_on_time(
         self, events: Sequence[ScheduledEvent], fire_at: Sequence[int], number: int | None

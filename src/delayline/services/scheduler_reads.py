@@ -73,7 +73,8 @@ class LifecycleReads(SchedulerCore):
         return found
 
     async def get_stats(self) -> dict[str, Any]:
-        """Pending per tier, per-status counts and the next due time in each tier."""
+        """Pending per tier, per-status counts and the next due time in each tier; with several
+        shards, pending and processing per shard too."""
         counts = await self._near.counts()
         next_due = await self._near.next_due_us()
         stats: dict[str, Any] = {
@@ -85,6 +86,12 @@ class LifecycleReads(SchedulerCore):
             },
             "clickhouse_pending": 0,
         }
+        shards = await self._near.shard_counts()
+        if len(shards) > 1:
+            stats["redis_shards"] = [
+                {"shard": k, "pending": c["pending"], "processing": c["processing"]}
+                for k, c in enumerate(shards)
+            ]
         if self._far is not None:
             far_counts = await self._far.counts()
             far_next = await self._far.next_due()

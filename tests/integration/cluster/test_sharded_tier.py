@@ -4,26 +4,27 @@ schedule → fire → cancel → reschedule → upsert, the shard-count record, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey
+from delayline.adapters.embedded import EmbeddedTansu, EmbeddedValkey, free_port
 from delayline.adapters.kafka_producer import KafkaEventPublisher, producer_config
 from delayline.adapters.redis_connect import RedisServers, redis_servers
 from delayline.adapters.redis_layout import shard_of, wake_channel
 from delayline.adapters.redis_reshard import ReshardRefused, move_to_shards, wake_listeners
 from delayline.adapters.redis_sharded import ShardCountMismatch, ShardedNearTermStore
 from delayline.clock import SystemClock
-from delayline.domain.events import EventStatus, utc_now
-from delayline.domain.outcomes import ExecutionResult
+from delayline.domain.events import EventStatus, ScheduledEvent, utc_now
+from delayline.domain.outcomes import Delivery, ExecutionResult
 from delayline.ports import Upserted
 from delayline.services.dispatcher import Dispatcher, DispatcherConfig
 from delayline.services.scheduler import SchedulerService
-from tests.support import TopicReader, eventually_status
+from tests.support import TopicReader, eventually, eventually_status
 from tests.valkey_cluster import ValkeyCluster
 
 
@@ -119,6 +120,10 @@ async def _full_path(running: Sharded) -> None:
     later = utc_now() + timedelta(hours=1)
     cancelled = await service.schedule_event(topic=topic, body="no", scheduled_at=later)
     moved = await service.schedule_event(topic=topic, body="moved", scheduled_at=later)
+    per_shard = (await service.get_stats())["redis_shards"]
+    assert [s["shard"] for s in per_shard] == list(range(running.store.shard_count))
+    assert per_shard[shard_of(moved, running.store.shard_count)]["pending"] >= 1
+    assert sum(s["pending"] + s["processing"] for s in per_shard) >= 2  # the far-off two
     assert await service.cancel_event(cancelled)
     assert await service.reschedule_event(moved, utc_now() + timedelta(seconds=0.3))
     replaced = service.build_event(
@@ -223,3 +228,107 @@ async def test_reshard_is_refused_while_a_node_runs(
         await asyncio.sleep(0.05)
     with pytest.raises(ReshardRefused, match="a node is running"):
         await move_to_shards(cluster_servers, on_cluster.store.prefix, 2)
+
+
+async def test_a_cluster_url_may_name_several_nodes_to_start_from(
+    valkey_cluster: ValkeyCluster, unique: str
+) -> None:
+    dead = f"redis+cluster://127.0.0.1:{free_port()}"  # nothing listens there
+    live = f"redis+cluster://127.0.0.1:{valkey_cluster.masters[1].port}"
+    servers = _servers(f"{dead},{live}")
+    store = ShardedNearTermStore(servers, prefix=f"n-{unique}", shards=3)
+    service = SchedulerService(store, SystemClock())
+    try:
+        schedule_id = await service.schedule_event(
+            topic="t", body="x", scheduled_at=utc_now() + timedelta(hours=1)
+        )
+        event = await store.get(schedule_id)
+        assert event is not None and event.status is EventStatus.PENDING
+        [client] = servers.clients
+        assert isinstance(client, RedisCluster)
+        assert len(client.get_primaries()) == 3  # found every master through the live node
+    finally:
+        await store.delete_all()
+        await servers.aclose()
+
+
+def test_a_url_list_mixing_cluster_nodes_and_servers_is_refused() -> None:
+    with pytest.raises(ValueError, match="mixes redis\\+cluster:// nodes"):
+        redis_servers(
+            "redis+cluster://127.0.0.1:7000,redis://127.0.0.1:6379",
+            max_connections=1,
+            pool_timeout=1,
+        )
+
+
+@dataclass
+class StopsServerOnPublish:
+    """The real publisher; its first publish stops ``server`` first (a server lost between a
+    batch's claim and its acknowledgement)."""
+
+    inner: KafkaEventPublisher
+    server: EmbeddedValkey
+
+    async def publish(self, events: Sequence[ScheduledEvent]) -> list[BaseException | Delivery]:
+        if self.server.pid is not None:
+            await asyncio.to_thread(self.server.stop)
+        return await self.inner.publish(events)
+
+
+async def test_a_server_lost_before_the_ack_costs_only_its_own_shards(
+    valkey: EmbeddedValkey,
+    broker: EmbeddedTansu,
+    tmp_path: Path,
+    unique: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    doomed = EmbeddedValkey(tmp_path / "doomed")
+    doomed.start()
+    servers = _servers(f"{valkey.url},{doomed.url}")  # shard 0 on valkey, shard 1 on doomed
+    store = ShardedNearTermStore(servers, prefix=f"l-{unique}", shards=2)
+    topic = f"lost-{unique}"
+    service = SchedulerService(store, SystemClock())
+    ids = [f"ev-{n}" for n in range(20)]
+    on_doomed = [sid for sid in ids if shard_of(sid, 2) == 1]
+    assert 0 < len(on_doomed) < len(ids)
+    soon = utc_now() + timedelta(seconds=0.5)
+    events = [
+        service.build_event(schedule_id=sid, topic=topic, body=sid, scheduled_at=soon)
+        for sid in ids
+    ]
+    assert all(await service.schedule_events(events))
+    publisher = KafkaEventPublisher(
+        producer_config(broker.bootstrap_servers, linger_ms=0, lease_seconds=30, extra={})
+    )
+    await publisher.start()
+    config = DispatcherConfig(max_sleep_seconds=0.2, node_id="t", lease_seconds=2.0)
+    dispatcher = Dispatcher(
+        store, StopsServerOnPublish(publisher, doomed), Results(), SystemClock(), config
+    )
+    task = asyncio.create_task(dispatcher.run())
+    reader = TopicReader(broker.bootstrap_servers, topic)
+    try:
+        fired = await asyncio.to_thread(reader.read, len(ids), 20)
+        assert sorted(m.header("x-schedule-id") for m in fired) == sorted(ids)
+        await eventually(lambda: _lost_lease_logs(caplog), timeout=config.lease_seconds + 5)
+        assert await _lost_lease_logs(caplog) == [f"{len(on_doomed)} of {len(ids)}"]
+        counts = await store.shards[0].counts()
+        assert counts["completed"] == len(ids) - len(on_doomed)  # acknowledged, and only once
+        assert not [r for r in caplog.records if "failed; they fire again" in r.getMessage()]
+    finally:
+        dispatcher.stop()
+        await task
+        await publisher.stop()
+        reader.close()
+        await store.shards[0].delete_all()
+        await servers.aclose()
+        doomed.stop()
+
+
+async def _lost_lease_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """ "K of N" of each batch logged as partly unacknowledged."""
+    return [
+        r.getMessage().split(" events")[0]
+        for r in caplog.records
+        if "lost their lease before their acknowledgement" in r.getMessage()
+    ]
