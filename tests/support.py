@@ -83,6 +83,17 @@ class TopicReader:
             )
         return self.messages
 
+    def read_ids(self, ids: Collection[str], timeout: float = 20.0) -> list[Fired]:
+        """Wait until a message with each of ``ids`` in its ``x-schedule-id`` was read (or
+        ``timeout``): duplicates do not count twice. Returns every message read."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = {m.headers.get("x-schedule-id", b"").decode() for m in self.messages}
+            if seen >= set(ids):
+                break
+            self.read(len(self.messages) + 1, timeout=min(1.0, deadline - time.monotonic()))
+        return self.messages
+
     def read_for(self, seconds: float) -> list[Fired]:
         """Read whatever arrives within ``seconds``."""
         self.read(10**9, timeout=seconds)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import timedelta
 
+from redis.asyncio import Redis
+
+from delayline.adapters.encryption import KeyRing, PayloadCipher
 from delayline.adapters.redis_store import RedisNearTermStore
 from delayline.domain.events import EventStatus, ScheduledEvent, new_event, to_epoch_us, utc_now
 from delayline.ports import Finished
@@ -113,8 +117,6 @@ async def test_cancel_many_answers_each_id_and_spares_a_leased_one(
 
 
 async def test_retry_keeps_original_time(store: RedisNearTermStore) -> None:
-    from dataclasses import replace
-
     now_us = to_epoch_us(utc_now())
     ev = _event(-1, sid="r")
     await store.schedule([ev])
@@ -183,3 +185,37 @@ async def test_discard_of_a_written_copy_spares_a_newer_one(store: RedisNearTerm
     assert moved is not None
     assert await store.discard("copy", replace(moved, status=EventStatus.PENDING))
     assert await store.get("copy") is None
+
+
+async def test_a_rotation_reseals_a_newer_version_waiting_for_its_firing(
+    redis_client: Redis, unique: str
+) -> None:
+    """A version that came while its id was firing waits in ``next``; a rotation re-seals it
+    too, so the old key can go before that firing ends."""
+    k1, k2 = os.urandom(32), os.urandom(32)
+    old = RedisNearTermStore(redis_client, f"rk-{unique}", 600, _cipher("k1", k1=k1))
+    new = RedisNearTermStore(redis_client, f"rk-{unique}", 600, _cipher("k2", k1=k1, k2=k2))
+    retired = RedisNearTermStore(redis_client, f"rk-{unique}", 600, _cipher("k2", k2=k2))
+    try:
+        first = _event(-1, sid="ev")
+        await old.schedule([first])
+        claim = await old.claim(to_epoch_us(utc_now()), 10, 30)
+        assert [e.schedule_id for e in claim.events] == ["ev"]
+        newer = replace(first, body=b"v2", scheduled_at=utc_now() - timedelta(seconds=1))
+        assert await old.upsert([(newer, "2", True)]) == [3]  # waits for the firing to end
+        cursor, rekeyed = "", 0
+        while True:
+            cursor, page = await new.rekey_page(cursor, 100)
+            rekeyed += page.rekeyed
+            if not cursor:
+                break
+        assert rekeyed == 2  # the leased payload and the waiting version
+        await retired.ack(claim.token, [Finished("ev", EventStatus.COMPLETED)], None)
+        again = await retired.claim(to_epoch_us(utc_now()), 10, 30)
+        assert [(e.schedule_id, e.body) for e in again.events] == [("ev", b"v2")]
+    finally:
+        await old.delete_all()
+
+
+def _cipher(current: str, **keys: bytes) -> PayloadCipher:
+    return PayloadCipher(KeyRing(keys=keys, current=current, tenants={}))

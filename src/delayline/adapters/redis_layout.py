@@ -48,6 +48,8 @@ from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us
 _PRIORITY_OFFSET = 2**31 - 1
 PREFIX_LEN = 21
 """Bytes of the member prefix every stored value starts with."""
+PRIORITY_PART_LEN = 8
+"""Bytes of the prefix's priority part (a ``next`` value keeps only this part)."""
 
 
 def shard_of(schedule_id: str, shards: int) -> int:
@@ -138,7 +140,7 @@ class ShardKeys:
 
 def priority_part(priority: int) -> str:
     """The member prefix's first part: among equal scores, higher priority sorts first."""
-    return f"{_PRIORITY_OFFSET - priority:08x}"
+    return f"{_PRIORITY_OFFSET - priority:0{PRIORITY_PART_LEN}x}"
 
 
 def stored_body(

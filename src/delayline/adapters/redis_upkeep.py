@@ -13,7 +13,12 @@ from redis.commands.core import AsyncScript
 
 from delayline.adapters.encryption import PayloadCipher
 from delayline.adapters.redis_connect import RedisClient
-from delayline.adapters.redis_layout import ShardKeys, codec_bytes, stored_body
+from delayline.adapters.redis_layout import (
+    PRIORITY_PART_LEN,
+    ShardKeys,
+    codec_bytes,
+    stored_body,
+)
 from delayline.domain.codec import UndecryptablePayload, decode_event, reseal, sealed_part
 from delayline.domain.events import ScheduledEvent
 from delayline.ports import RekeyPage
@@ -28,6 +33,7 @@ class ShardUpkeep:
     keys: ShardKeys
     due_key: str
     payload_key: str
+    next_key: str
     inflight_key: str
     leases_key: str
     parked_key: str
@@ -40,31 +46,38 @@ class ShardUpkeep:
         raise NotImplementedError
 
     async def rekey_page(self, cursor: str, count: int) -> tuple[str, RekeyPage]:
-        """One step of a key rotation: ``p<n>`` walks the payload hash (re-sealing values not
-        sealed with their tenant's key now, each only if unchanged since read), then ``k<n>``
-        the parked hash (scheduling again the events the ring opens now). Returns the next
-        cursor ("" when done)."""
+        """One step of a key rotation: ``p<n>`` walks the payload hash, then ``n<n>`` the
+        newer versions waiting for a firing to end (re-sealing values not sealed with their
+        tenant's key now, each only if unchanged since read), then ``k<n>`` the parked hash
+        (scheduling again the events the ring opens now). Returns the next cursor ("" when
+        done)."""
         phase, position = cursor[:1] or "p", int(cursor[1:] or 0)
-        key = self.payload_key if phase == "p" else self.parked_key
+        key = {"p": self.payload_key, "n": self.next_key, "k": self.parked_key}[phase]
         position, flat = await self._redis.hscan(key, position, count=count)
         assert isinstance(flat, dict)  # HSCAN pairs (decode_responses is off)
         items = [(as_bytes(k).decode(), as_bytes(v)) for k, v in flat.items()]
         page = RekeyPage(scanned=len(items))
-        await (self._rekey if phase == "p" else self._unpark)(items, page)
+        if phase == "k":
+            await self._unpark(items, page)
+        else:
+            await self._rekey(key, items, page)
         if position:
             return f"{phase}{position}", page
-        return ("k0" if phase == "p" else ""), page
+        return {"p": "n0", "n": "k0", "k": ""}[phase], page
 
     def _require_cipher(self) -> PayloadCipher:
         if self._cipher is None:
             raise ValueError("no key ring configured")
         return self._cipher
 
-    async def _rekey(self, items: Sequence[tuple[str, bytes]], page: RekeyPage) -> None:
+    async def _rekey(self, key: str, items: Sequence[tuple[str, bytes]], page: RekeyPage) -> None:
+        """Re-seal the values of ``key`` (the payload hash, or ``next`` whose values start with
+        ``<score> <priority part>`` instead of the member prefix)."""
         cipher = self._require_cipher()
         args: list[Any] = []
         for schedule_id, value in items:
-            raw = codec_bytes(value)
+            start = value.index(b" ") + 1 + PRIORITY_PART_LEN if key == self.next_key else None
+            raw = value[start:] if start is not None else codec_bytes(value)
             entity_type, sealed = sealed_part(raw)
             try:
                 if sealed is not None and not cipher.needs_rekey(sealed, entity_type):
@@ -75,7 +88,7 @@ class ShardUpkeep:
                 continue
             args += [schedule_id, value, new]
         if args:
-            page.rekeyed += int(await self._run("rekey", [self.payload_key], args))
+            page.rekeyed += int(await self._run("rekey", [key], args))
 
     async def _unpark(self, items: Sequence[tuple[str, bytes]], page: RekeyPage) -> None:
         cipher = self._require_cipher()
