@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import timedelta
 
 from redis.asyncio.cluster import RedisCluster
@@ -66,18 +67,22 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
     )
     task = asyncio.create_task(dispatcher.run())
     acknowledged: list[str] = []
+    attempted: list[str] = []
     refused = 0
 
     async def schedule(count: int) -> None:
         nonlocal refused
         for _ in range(count):
+            attempted.append(uuid.uuid4().hex)
             try:
-                acknowledged.append(
-                    await service.schedule_event(
-                        topic=topic, body="x", scheduled_at=utc_now() + timedelta(seconds=0.3)
-                    )
+                await service.schedule_event(
+                    schedule_id=attempted[-1],
+                    topic=topic,
+                    body="x",
+                    scheduled_at=utc_now() + timedelta(seconds=0.3),
                 )
-            except DependencyUnavailable:
+                acknowledged.append(attempted[-1])
+            except DependencyUnavailable:  # a 503, or a 504 when the outcome is unknown
                 refused += 1
 
     killed = restarted = False
@@ -96,7 +101,9 @@ async def test_a_master_killed_and_restarted_loses_nothing_acknowledged(
         # At least once: a batch whose ack the dead master missed fires again, so read until
         # every acknowledged id came, not a count of messages.
         fired = await asyncio.to_thread(reader.read_ids, acknowledged, 60)
-        assert {m.header("x-schedule-id") for m in fired} == set(acknowledged)
+        fired_ids = {m.header("x-schedule-id") for m in fired}
+        assert fired_ids >= set(acknowledged)
+        assert fired_ids <= set(attempted)  # a refusal whose write landed may fire too
     finally:
         dispatcher.stop()
         await task
