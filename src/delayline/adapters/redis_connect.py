@@ -107,11 +107,9 @@ def subscriber(client: RedisClient) -> PubSub | ClusterPubSub:
     A Cluster forwards such messages to every node, so any master serves; a random one each
     time, so subscribing again after a node died finds a live one (redis-py would pick the
     channel's slot owner, dead or not)."""
-    if isinstance(client, RedisCluster):
-        return client.pubsub(
-            node=random.choice(client.get_primaries()), ignore_subscribe_messages=True
-        )
-    return client.pubsub(ignore_subscribe_messages=True)
+    if isinstance(client, RedisCluster) and (primaries := client.get_primaries()):
+        return client.pubsub(node=random.choice(primaries), ignore_subscribe_messages=True)
+    return client.pubsub(ignore_subscribe_messages=True)  # a Cluster not yet mapped: its owner
 
 
 def is_cluster_url(url: str) -> bool:
