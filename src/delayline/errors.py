@@ -9,10 +9,11 @@
   fails with its error; a Kafka message goes to the dead-letter topic.
 - ``BAD_INPUT``: the caller's data is wrong: 4xx or dead-letter, never retried.
 
-Two kinds of unavailability say more than "not stored": :class:`StorageFull` (a store cannot
-persist: disk full, Valkey ``MISCONF``, chDB ``NOT_ENOUGH_SPACE``) and :class:`OutcomeUnknown`
-(a write was sent but its answer never came: it may be stored). :func:`unavailable` builds the
-right one from the underlying error.
+Three kinds of unavailability say more than "not stored": :class:`StorageFull` (a store cannot
+persist: disk full, Valkey ``MISCONF``, chDB ``NOT_ENOUGH_SPACE``), :class:`OutcomeUnknown`
+(a write was sent but its answer never came: it may be stored) and
+:class:`PartlyAcknowledged` (an acknowledgement reached some shards only). :func:`unavailable`
+builds the first two from the underlying error.
 
 A connection pool that stays full past its wait bound is back-pressure, not an outage: it
 raises :class:`DependencyBusy`, retried like ``UNAVAILABLE`` but never counted by a breaker.
