@@ -18,8 +18,10 @@ from delayline.adapters.embedded import free_port
 
 
 def _start_serve(
-    tmp_path: Path, **extra: str
+    tmp_path: Path, *, own_group: bool = False, **extra: str
 ) -> tuple[subprocess.Popen[bytes], dict[str, str], str]:
+    """``delayline serve`` on its embedded defaults, healthy; with ``own_group``, leading a
+    process group of its own, as a shell runs a job in a terminal."""
     port = free_port()
     env = {
         **os.environ,
@@ -35,6 +37,7 @@ def _start_serve(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            process_group=0 if own_group else None,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -209,6 +212,27 @@ def _running_pid(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_ctrl_c_at_the_terminal_drains_before_the_embedded_servers_stop(
+    tmp_path: Path,
+) -> None:
+    proc, _env, base = _start_serve(tmp_path, own_group=True)
+    scheduled = httpx.post(
+        f"{base}/api/v1/schedules", json={"topic": "ctrl-c.demo", "body": "x", "delay_seconds": 1}
+    )
+    assert scheduled.status_code == 201, scheduled.text
+    time.sleep(2)  # fired: the drain has a lease table and a history to finish with
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends its foreground job on Ctrl-C
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    log = (tmp_path / "serve.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "Connect call failed" not in log, log[-3000:]  # the servers outlived the drain
+    assert log.rindex("stopped embedded Valkey") > log.rindex("revoked")
 
 
 def test_embedded_servers_die_with_a_killed_service_and_a_restart_runs_one_valkey(

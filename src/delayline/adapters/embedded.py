@@ -62,9 +62,18 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def server_child(parent_pid: int) -> None:
+    """In a child between fork and exec: a session of its own, so a Ctrl-C at the terminal
+    (SIGINT to the whole foreground job) reaches only the service, which drains (acknowledges,
+    releases its leases, flushes the history) before it stops its servers; and
+    :func:`die_with_parent`."""
+    os.setsid()
+    die_with_parent(parent_pid)
+
+
 def child_setup() -> functools.partial[None]:
-    """The ``preexec_fn`` that makes a server die with this process."""
-    return functools.partial(die_with_parent, os.getpid())
+    """The ``preexec_fn`` of an embedded server (see :func:`server_child`)."""
+    return functools.partial(server_child, os.getpid())
 
 
 def _runs(pid: int, program: str) -> bool:
