@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from delayline.domain.codec import decode_event, encode_event
+from delayline.domain.event_status import total_counts
 from delayline.domain.events import (
     ALLOWED_TRANSITIONS,
     EventStatus,
@@ -116,3 +117,8 @@ def test_epoch_microseconds_are_exact_on_both_sides_of_the_float_path() -> None:
         got = from_epoch_us(us)
         assert to_epoch_us(got) == us
         assert got == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def test_counts_add_up_over_stores_and_zeros_stay() -> None:
+    per_shard = [{"pending": 2, "processing": 0, "completed": 5}, {"pending": 0, "processing": 0}]
+    assert total_counts(per_shard) == {"pending": 2, "processing": 0, "completed": 5}

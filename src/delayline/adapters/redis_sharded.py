@@ -17,6 +17,7 @@ from delayline.adapters.redis_connect import RedisClient, RedisServers
 from delayline.adapters.redis_layout import control_tag, shard_of
 from delayline.adapters.redis_scripts import ScriptCall, run_pipelined
 from delayline.adapters.redis_store import RedisNearTermStore
+from delayline.domain.event_status import total_counts
 from delayline.domain.events import ScheduledEvent
 from delayline.errors import PartlyAcknowledged
 from delayline.ports import Claim, Finished, RekeyPage
@@ -231,11 +232,7 @@ class ShardedNearTermStore:
 
     async def counts(self) -> dict[str, int]:
         """Counts summed over the shards."""
-        total: dict[str, int] = {}
-        for counts in await asyncio.gather(*(s.counts() for s in self.shards)):
-            for name, value in counts.items():
-                total[name] = total.get(name, 0) + value
-        return total
+        return total_counts(await self.shard_counts())
 
     async def shard_counts(self) -> list[dict[str, int]]:
         """Counts per shard, in shard order."""

@@ -76,8 +76,10 @@ class ShardUpkeep:
         cipher = self._require_cipher()
         args: list[Any] = []
         for schedule_id, value in items:
-            start = value.index(b" ") + 1 + PRIORITY_PART_LEN if key == self.next_key else None
-            raw = value[start:] if start is not None else codec_bytes(value)
+            if key == self.next_key:  # after "<score> <priority part>"
+                raw = value[value.index(b" ") + 1 + PRIORITY_PART_LEN :]
+            else:
+                raw = codec_bytes(value)
             entity_type, sealed = sealed_part(raw)
             try:
                 if sealed is not None and not cipher.needs_rekey(sealed, entity_type):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 
@@ -54,3 +55,12 @@ ALLOWED_TRANSITIONS: Mapping[EventStatus, frozenset[EventStatus]] = {
 def can_transition(current: EventStatus, new: EventStatus) -> bool:
     """Whether an event in ``current`` may move to ``new``."""
     return new in ALLOWED_TRANSITIONS[current]
+
+
+def total_counts(per_store: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Counts per status (and ``pending``/``processing``) added up over several stores, such
+    as the shards of a tier; a count that is zero everywhere stays, as zero."""
+    total: Counter[str] = Counter()
+    for counts in per_store:
+        total.update(counts)
+    return dict(total)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from delayline.domain.event_status import total_counts
 from delayline.domain.events import EventStatus, ScheduledEvent, from_epoch_us
 from delayline.domain.outcomes import EventFilter, LifecycleEntry
 from delayline.services.scheduler_core import SchedulerCore
@@ -75,7 +76,8 @@ class LifecycleReads(SchedulerCore):
     async def get_stats(self) -> dict[str, Any]:
         """Pending per tier, per-status counts and the next due time in each tier; with several
         shards, pending and processing per shard too."""
-        counts = await self._near.counts()
+        shards = await self._near.shard_counts()
+        counts = total_counts(shards)
         next_due = await self._near.next_due_us()
         stats: dict[str, Any] = {
             "redis_pending": counts["pending"],
@@ -86,7 +88,6 @@ class LifecycleReads(SchedulerCore):
             },
             "clickhouse_pending": 0,
         }
-        shards = await self._near.shard_counts()
         if len(shards) > 1:
             stats["redis_shards"] = [
                 {"shard": k, "pending": c["pending"], "processing": c["processing"]}
