@@ -88,9 +88,10 @@ def test_two_workers_share_the_shards_and_their_outcomes_reach_the_front(
             assert served.metric(f'delayline_owned_shards{{node="{name}"}}') == 2
 
         ids = served.schedule(topic, 400, first_in=1, spread=1)
-        fired = Counter(m.header("x-schedule-id") for m in reader.read(400, timeout=60))
+        fired = Counter(m.header("x-schedule-id") for m in reader.read_ids(ids, timeout=60))
         assert sorted(fired) == sorted(ids)
-        assert set(fired.values()) == {1}
+        if set(fired.values()) != {1}:  # at least once: only a batch that outlived its lease
+            assert "they fire again" in served.log(), fired.most_common(3)  # fires again, logged
 
         def published_by() -> list[str]:
             return [
